@@ -1,0 +1,38 @@
+"""From a parsed entry to an article ready to store: keys, language, matches. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitor.identity import canonical_link, fingerprint
+from monitor.parse import Entry
+from monitor.text.match import Match, Matcher, MatchInput
+from monitor.text.normalize import detect_language, match_key
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An entry with everything computed that storage and alerting need."""
+
+    entry: Entry
+    canonical_link: str | None
+    fingerprint: str
+    match_key: str
+    language: str | None
+    matches: tuple[Match, ...]
+
+
+def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
+    body = entry.summary or entry.content
+    language = detect_language(f"{entry.title}\n{body}")
+    matches = matcher.match(MatchInput(title=entry.title, summary=entry.summary,
+                                       content=entry.content, feed=feed_name,
+                                       language=language))
+    return Candidate(
+        entry=entry,
+        canonical_link=canonical_link(entry.link),
+        fingerprint=fingerprint(entry.title, body),
+        match_key=match_key(f"{entry.title}\n{entry.summary}\n{entry.content}"),
+        language=language,
+        matches=tuple(matches),
+    )

@@ -1,0 +1,315 @@
+"""The YAML configuration: parsed once into typed objects and passed down.
+
+This is the only module that reads the config file or the environment. Every error the user
+can act on is a `ConfigError` whose lines name the YAML path (``feeds[2].url: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = "config/monitor.yaml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; each line names the YAML path of one problem."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "invalid configuration\n  " + "\n  ".join(problems))
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``"5m"``, ``"90s"``, ``"1.5h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 300 or '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 300 or '5m', got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a watch must not silently widen or narrow it.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///data/monitor.db"
+    lease_seconds: Duration = 120.0
+
+
+class FetchConfig(_Strict):
+    """HTTP limits for feed fetching; every timeout is configurable so fault tests stay fast."""
+
+    connect_timeout: Duration = 5.0
+    read_timeout: Duration = 10.0
+    total_timeout: Duration = 30.0
+    max_body_bytes: int = Field(15 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(5, ge=0)
+    concurrency: int = Field(32, ge=1)
+    user_agent: str = "monitor/0.1 (+https://github.com/monitor-news/monitor)"
+
+
+class SchedulerConfig(_Strict):
+    tick: Duration = 1.0
+    delivery_interval: Duration = 5.0
+    shutdown_grace: Duration = 8.0
+
+
+class FeedConfig(_Strict):
+    name: str = Field(min_length=1)
+    url: str
+    interval: Duration = 300.0
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme not in ("http", "https"):
+            raise ValueError(f"only http and https feeds are allowed, got {url!r}")
+        return url
+
+
+class WatchConfig(_Strict):
+    """A watch rule. Term syntax (phrases, ``/regex/``) is validated by `monitor.text.match`."""
+
+    name: str = Field(min_length=1)
+    any: list[str] = Field(default_factory=list)
+    all: list[str] = Field(default_factory=list)
+    not_: list[str] = Field(default_factory=list, alias="not")
+    fields: list[Literal["title", "summary", "content"]] = Field(
+        default_factory=lambda: ["title", "summary", "content"]
+    )
+    feeds: list[str] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=list)
+    case_sensitive: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_positive_terms(self) -> WatchConfig:
+        if not self.any and not self.all:
+            raise ValueError("a watch needs at least one term in 'any' or 'all'")
+        return self
+
+
+class _ChannelBase(_Strict):
+    name: str = Field(min_length=1)
+    enabled: bool = True
+
+
+class LogChannelConfig(_ChannelBase):
+    type: Literal["log"]
+
+
+class WebhookChannelConfig(_ChannelBase):
+    type: Literal["webhook"]
+    url: str
+    secret_env: str | None = None
+    timeout: Duration = 15.0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"a webhook url must be http or https, got {url!r}")
+        return url
+
+
+class EmailChannelConfig(_ChannelBase):
+    type: Literal["email"]
+    host: str
+    port: int = Field(587, gt=0, lt=65536)
+    starttls: bool = False
+    ssl: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    from_: str = Field(alias="from")
+    to: list[str] = Field(min_length=1)
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> EmailChannelConfig:
+        if self.starttls and self.ssl:
+            raise ValueError("choose either starttls or ssl, not both")
+        return self
+
+
+ChannelConfig = Annotated[
+    LogChannelConfig | WebhookChannelConfig | EmailChannelConfig, Field(discriminator="type")
+]
+
+
+class SeedConfig(_Strict):
+    path: str = "seed_data"
+
+
+class Config(_Strict):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    feeds: list[FeedConfig] = Field(default_factory=list)
+    watches: list[WatchConfig] = Field(default_factory=list)
+    channels: list[ChannelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems: list[str] = []
+        for section, items in (("feeds", self.feeds), ("watches", self.watches),
+                               ("channels", self.channels)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    problems.append(f"{section}[{i}].name: duplicate name {item.name!r}")
+                seen.add(item.name)
+        channel_names = {c.name for c in self.channels}
+        for i, watch in enumerate(self.watches):
+            for j, channel in enumerate(watch.channels):
+                if channel not in channel_names:
+                    problems.append(
+                        f"watches[{i}].channels[{j}]: no channel named {channel!r}"
+                    )
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def channel(self, name: str) -> LogChannelConfig | WebhookChannelConfig | EmailChannelConfig:
+        return next(c for c in self.channels if c.name == name)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret values looked up from the environment variables the YAML names.
+
+    Kept apart from `Config` so that dumping or logging the config can never print one.
+    """
+
+    values: Mapping[str, str]
+
+    def get(self, env_name: str | None) -> str | None:
+        return self.values.get(env_name) if env_name else None
+
+    def __repr__(self) -> str:  # never show the values
+        return f"Secrets({sorted(self.values)})"
+
+
+def channel_missing_secrets(channel: ChannelConfig, secrets: Secrets) -> list[str]:
+    """The env var names a channel needs but the environment does not set.
+
+    Channels that name secrets are present in the shipped config but only active once their
+    variables are set, so a new user is not greeted by failing deliveries.
+    """
+    names: list[str | None] = []
+    if isinstance(channel, WebhookChannelConfig):
+        names = [channel.secret_env]
+    elif isinstance(channel, EmailChannelConfig):
+        names = [channel.username_env, channel.password_env]
+    return [n for n in names if n and secrets.get(n) is None]
+
+
+def _yaml_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("log", "webhook", "email") and out.endswith("]"):
+            continue  # pydantic puts the union tag in the location; the user never wrote it
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        path = _yaml_path(tuple(item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{path}: {message}")
+    return problems
+
+
+def parse_config(data: Any, source: str = "", env: Mapping[str, str] | None = None) -> Config:
+    """Validate already-loaded YAML data. `env` supplies overrides such as MONITOR_DATABASE_URL."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping of sections"], source)
+    if env.get("MONITOR_DATABASE_URL"):
+        data = {**data, "database": {**(data.get("database") or {}),
+                                     "url": env["MONITOR_DATABASE_URL"]}}
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc), source) from None
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    # Imported here: the matcher validates term syntax (regexes), and config must not depend
+    # on it at import time.
+    from monitor.text.match import validate_watches
+
+    problems = validate_watches(config.watches)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"],
+                          str(path)) from None
+    return parse_config(data, str(path), env)
+
+
+def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secrets:
+    env = os.environ if env is None else env
+    wanted: set[str] = set()
+    for channel in config.channels:
+        if isinstance(channel, WebhookChannelConfig) and channel.secret_env:
+            wanted.add(channel.secret_env)
+        elif isinstance(channel, EmailChannelConfig):
+            wanted.update(n for n in (channel.username_env, channel.password_env) if n)
+    return Secrets({name: env[name] for name in wanted if name in env})

@@ -1,0 +1,110 @@
+"""The daemon: APScheduler 3.11 as an in-process ticker over the schedule kept in the database.
+
+Every tick claims the feeds that are due (their `next_check_at` has passed) and refreshes
+them as tasks, so a slow feed never delays the others; a separate loop drains the outbox,
+woken at once when a refresh queues alerts. SIGINT/SIGTERM stop claiming new work, let
+in-flight work finish within a grace period, and leave the rest safely queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from monitor.service import Monitor
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.config = monitor.config.scheduler
+        self._stopping = asyncio.Event()
+        self._deliver_now = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
+        self._ticking = False
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stopping: finishing in-flight work (up to %.0f s)",
+                     self.config.shutdown_grace)
+            self._stopping.set()
+            self._deliver_now.set()
+
+    async def _tick(self) -> None:
+        if self._stopping.is_set() or self._ticking:
+            return
+        self._ticking = True
+        try:
+            task = asyncio.create_task(self.monitor.refresh_feeds())
+            self._in_flight.add(task)
+            try:
+                outcomes = await task
+            finally:
+                self._in_flight.discard(task)
+            if any(o.alerts for o in outcomes):
+                self._deliver_now.set()
+        except Exception:
+            # The database may be away for a while; log and try again on the next tick.
+            log.exception("poll cycle failed")
+        finally:
+            self._ticking = False
+
+    async def _delivery_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deliver_now.wait(), self.config.delivery_interval)
+            self._deliver_now.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                summary = await self.monitor.deliver()
+                if summary.attempted >= 200:
+                    self._deliver_now.set()  # more may be waiting
+            except Exception:
+                log.exception("delivery cycle failed")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        # The real schedule is per feed in the database; this job is only the clock.
+        scheduler.add_job(self._tick, "interval", seconds=self.config.tick, id="tick",
+                          max_instances=1, coalesce=True,
+                          misfire_grace_time=max(int(self.config.tick * 10), 10),
+                          next_run_time=None)
+        scheduler.start()
+        scheduler.get_job("tick").modify(next_run_time=datetime.now(UTC))
+        delivery = asyncio.create_task(self._delivery_loop())
+        log.info("monitor running: %d feeds, %d watches, channels: %s",
+                 len(self.monitor.config.feeds), len(self.monitor.config.watches),
+                 ", ".join(self.monitor.channels) or "none active")
+        try:
+            await self._stopping.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            await self._drain(delivery)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        log.info("monitor stopped")
+
+    async def _drain(self, delivery: asyncio.Task) -> None:
+        # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
+        pending = [*self._in_flight, delivery]
+        done, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        for task in not_done:
+            task.cancel()
+        if not_done:
+            log.warning("%d task(s) cut off at shutdown; their leases expire and the work is "
+                        "picked up on the next start", len(not_done))
+            await asyncio.gather(*not_done, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.monitor.deliver()  # a last pass for alerts queued while stopping
+

@@ -1,0 +1,1 @@
+"""Text handling: display text for people, match keys for machines."""

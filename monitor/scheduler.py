@@ -98,7 +98,7 @@ class Daemon:
     async def _drain(self, delivery: asyncio.Task) -> None:
         # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
         pending = [*self._in_flight, delivery]
-        done, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        _, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
         for task in not_done:
             task.cancel()
         if not_done:

@@ -84,7 +84,9 @@ def email_text(alert: AlertMessage) -> str:
 def email_html(alert: AlertMessage) -> str:
     a = alert.article
     e = html.escape
-    rtl = is_right_to_left(f"{a.title} {a.summary}")
+    # The language was judged at ingest on the whole text; re-guess only when it is unknown.
+    rtl = a.language in ("fa", "ar") if a.language else is_right_to_left(
+        f"{a.title} {a.summary}")
     direction = "rtl" if rtl else "ltr"
     align = "right" if rtl else "left"
     link = (f'<p><a href="{e(a.link, quote=True)}">{e(a.link)}</a></p>'

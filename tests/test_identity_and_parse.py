@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from monitor.identity import canonical_link, fingerprint
+from monitor.parse import NotAFeed, parse_feed
+from tests.conftest import shared_testdata
+from tests.servers import rss
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("https://www.irna.ir/news/1?utm_source=tg&utm_medium=x#top", "https://irna.ir/news/1"),
+    ("http://IRNA.ir:80/news/1/", "https://irna.ir/news/1"),
+    ("https://irna.ir/news?id=5&fbclid=abc", "https://irna.ir/news?id=5"),
+])
+def test_canonical_link_drops_tracking(a: str, b: str) -> None:
+    assert canonical_link(a) == canonical_link(b)
+
+
+def test_canonical_link_keeps_meaningful_query() -> None:
+    assert canonical_link("https://x.ir/n?id=5") != canonical_link("https://x.ir/n?id=6")
+    assert canonical_link("javascript:alert(1)") is None
+
+
+def test_fingerprint_ignores_zwnj_spacing_and_letter_forms() -> None:
+    a = fingerprint("همکاری‌های اسلامی", "بین‌المللی")
+    assert a == fingerprint("همکاريهاي اسلامي", "بینالمللی")
+    assert a == fingerprint("همکاری های اسلامی", "بین المللی")
+    assert a != fingerprint("همکاری های اقتصادی", "بین المللی")
+
+
+def test_parse_entries_keys_and_dates() -> None:
+    body = rss([
+        {"title": "<b>سازمان</b> همکاری", "link": "https://x.ir/1", "guid": "g1",
+         "description": "<p>متن &amp; خبر</p>", "pubDate": "Sun, 22 Nov 2026 10:00:00 +0330"},
+        {"title": "بدون شناسه", "link": "https://x.ir/2"},
+        {"title": "فقط متن", "description": "بدون لینک"},
+    ]).encode()
+    parsed = parse_feed(body, {"content-type": "application/rss+xml"}, "http://127.0.0.1/f")
+    first, second, third = parsed.entries
+    assert first.title == "سازمان همکاری" and first.summary == "متن & خبر"
+    assert first.key.startswith("guid:") and first.key.endswith("g1")
+    assert first.published is not None and first.published.utcoffset().total_seconds() == 0
+    assert first.published.hour == 6 and first.published.minute == 30
+    assert second.key == "link:https://x.ir/2"
+    assert third.key.startswith("hash:")
+
+
+def test_not_a_feed() -> None:
+    with pytest.raises(NotAFeed):
+        parse_feed(b"<html><body>Service unavailable</body></html>",
+                   {"content-type": "text/html"}, "http://127.0.0.1/f")
+
+
+def test_parse_does_not_open_local_files() -> None:
+    with pytest.raises(NotAFeed):
+        parse_feed(b"/etc/hostname", {}, "http://127.0.0.1/f")
+
+
+def test_real_persian_feed_keeps_publisher_wording() -> None:
+    folder = shared_testdata("persian-feeds")
+    body = (folder / "pear-XML_Feed_Parser_hoder.xml").read_bytes()
+    parsed = parse_feed(body, {"content-type": "application/xml"}, "http://127.0.0.1/f")
+    assert len(parsed.entries) > 5
+    # Display text keeps the ZWNJs the publisher typed.
+    assert any("\u200c" in e.title or "\u200c" in e.summary for e in parsed.entries)

@@ -98,7 +98,7 @@ class Database:
                     connection.commit()
                 try:
                     cfg.attributes["connection"] = connection
-                    command.upgrade(cfg, "head")
+                    command.upgrade(cfg, "heads")  # parallel branches of migrations may coexist
                     connection.commit()
                 finally:
                     if self.dialect == "postgresql":

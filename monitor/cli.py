@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -21,14 +22,16 @@ from monitor.config import (
     channel_missing_secrets,
     load_config,
     load_secrets,
+    pid_file_path,
+    secret_values,
 )
-from monitor.logs import setup_logging
+from monitor.logs import add_secrets, setup_logging
 from monitor.seed import SeedError
 from monitor.store.database import Database, DatabaseError
 
 log = logging.getLogger("monitor")
 
-EXIT_OK, EXIT_CONFIG, EXIT_DATABASE = 0, 2, 3
+EXIT_OK, EXIT_NO_DAEMON, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
 
 
 def _monitor(config: Config):
@@ -104,7 +107,7 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         try:
             monitor.prepare()
             monitor.open_channels()
-            await Daemon(monitor).run()
+            await Daemon(monitor, config_path=args.config).run()
         finally:
             await monitor.close()
         return EXIT_OK
@@ -139,6 +142,53 @@ def cmd_export(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.status import collect, render
+
+    db = Database(config.database.url)
+    db.migrate()
+    with db.session() as session:
+        status = collect(session, config, load_secrets(config), datetime.now(UTC))
+    db.dispose()
+    if args.json:
+        out.write(json.dumps(status.as_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.write(render(status))
+    return EXIT_OK
+
+
+def cmd_prune(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.retention import prune
+
+    db = Database(config.database.url)
+    db.migrate()
+    report = prune(db, config.retention, datetime.now(UTC), dry_run=args.dry_run)
+    db.dispose()
+    out.write(report.describe() + "\n")
+    return EXIT_OK
+
+
+def cmd_reload(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    # The file was already validated by main(): an invalid one never reaches the daemon.
+    path = pid_file_path(config)
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        reason = "no pid file" if isinstance(exc, FileNotFoundError) else (
+            "no such process" if isinstance(exc, ProcessLookupError) else str(exc))
+        out.write(f"no running daemon found via {path} ({reason}); is it running with this "
+                  "config? (scheduler.pid_file sets the path)\n")
+        return EXIT_NO_DAEMON
+    out.write(f"configuration OK; asked the daemon (pid {pid}) to reload it; its log says "
+              "what changed\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], str]] = {
     "run": (cmd_run, "run the daemon in the foreground"),
     "poll": (cmd_poll, "poll every feed once, deliver the resulting alerts, exit"),
@@ -146,6 +196,9 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "export": (cmd_export, "print every stored article as JSON lines"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
+    "status": (cmd_status, "feeds, watches and channels at a glance"),
+    "prune": (cmd_prune, "remove old rows per the retention policy"),
+    "reload": (cmd_reload, "validate the config and make the running daemon re-read it"),
 }
 
 
@@ -157,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default=os.environ.get("MONITOR_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+    commands = {name: sub.add_parser(name, help=help_text, description=help_text)
+                for name, (_, help_text) in COMMANDS.items()}
+    commands["status"].add_argument("--json", action="store_true",
+                                    help="print JSON for scripts instead of tables")
+    commands["prune"].add_argument("--dry-run", action="store_true",
+                                   help="count what would be removed, remove nothing")
     return parser
 
 
@@ -172,6 +229,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except ConfigError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    add_secrets(secret_values(config, load_secrets(config)))
     try:
         return handler(config, args, out)
     except (ConfigError, SeedError) as exc:

@@ -1,35 +1,117 @@
-"""Logging: human-readable lines by default, JSON lines with --log-format json."""
+"""Logging: human-readable lines by default, JSON lines with --log-format json.
+
+Every line passes through a redactor that replaces the values of the secrets the config
+names (channel secrets, the database password) wherever they appear: message, arguments,
+traceback, in raw, JSON-escaped, repr and URL-encoded form. Uncaught exceptions in the main
+thread and in worker threads are routed through logging so they are redacted too.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import TracebackType
+from urllib.parse import quote
+
+REDACTED = "[redacted]"
+# Shorter values would blank out ordinary words and numbers all over the log.
+MIN_SECRET_LENGTH = 4
+
+# Lines about a feed or channel start "feed NAME: ..." / "channel NAME ..."; JSON lines
+# carry the name as a field too so log pipelines can filter on it.
+_SUBJECT = re.compile(r"^(feed|channel) ([^\s:]+)")
+
+
+class Redactor:
+    def __init__(self) -> None:
+        self._forms: list[str] = []
+        self._lock = threading.Lock()
+
+    def add_secrets(self, values: Iterable[str]) -> None:
+        forms: set[str] = set(self._forms)
+        for value in values:
+            for variant in (value, value.removeprefix("whsec_")):
+                forms.update({variant, json.dumps(variant)[1:-1],
+                              json.dumps(variant, ensure_ascii=False)[1:-1],
+                              repr(variant)[1:-1], quote(variant, safe="")})
+        with self._lock:
+            # Longest first, so a secret containing another is replaced whole.
+            self._forms = sorted((f for f in forms if len(f) >= MIN_SECRET_LENGTH),
+                                 key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+
+REDACTOR = Redactor()
+
+
+def add_secrets(values: Iterable[str]) -> None:
+    """Secret values to scrub from every log line from now on (a reload adds new ones)."""
+    REDACTOR.add_secrets(values)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
         data = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
+        if subject := _SUBJECT.match(message):
+            data[subject.group(1)] = subject.group(2)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Formats with `inner`, then scrubs the finished line, traceback included."""
+
+    def __init__(self, inner: logging.Formatter, redact: Redactor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(self.inner.format(record))
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException,
+                  tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("monitor").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        logging.getLogger("monitor").critical(
+            "uncaught exception in thread %s", args.thread.name if args.thread else "?",
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(RedactingFormatter(inner, REDACTOR))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     # Library chatter (every request, every job run) would drown the feed lines.
     for noisy in ("httpx", "httpcore", "apscheduler", "alembic", "aiosmtpd", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,33 +2,67 @@
 
 Every tick claims the feeds that are due (their `next_check_at` has passed) and refreshes
 them as tasks, so a slow feed never delays the others; a separate loop drains the outbox,
-woken at once when a refresh queues alerts. SIGINT/SIGTERM stop claiming new work, let
-in-flight work finish within a grace period, and leave the rest safely queued.
+woken at once when a refresh queues alerts. A daily job applies the retention policy.
+SIGINT/SIGTERM stop claiming new work, let in-flight work finish within a grace period, and
+leave the rest safely queued. SIGHUP re-reads the config file (see `reload`). The HTTP
+endpoint (/healthz, /metrics) runs on the same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
-from datetime import UTC, datetime
+import time
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
 
+from monitor import metrics, retention
+from monitor.config import (
+    ConfigError,
+    load_config,
+    load_secrets,
+    pid_file_path,
+    secret_values,
+)
+from monitor.logs import add_secrets
 from monitor.service import Monitor
+from monitor.web import Endpoint, Response
 
 log = logging.getLogger(__name__)
 
+# Sections a reload cannot apply to a running process; a change to them is reported.
+RESTART_SECTIONS = ("database", "http", "scheduler", "seed")
+HEALTH_DB_TIMEOUT = 5.0
+FIRST_PRUNE_AFTER = 300.0
+
 
 class Daemon:
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, config_path: str | os.PathLike[str] | None = None
+                 ) -> None:
         self.monitor = monitor
         self.config = monitor.config.scheduler
+        self.config_path = config_path
         self._stopping = asyncio.Event()
         self._deliver_now = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
-        self._ticking = False
+        # A reload swaps the matcher and channels only between cycles and deliveries.
+        self._cycle_lock = asyncio.Lock()
+        self._delivery_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._started = time.monotonic()
+        self._last_cycle: float | None = None
+        self.endpoint: Endpoint | None = None
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -37,24 +71,30 @@ class Daemon:
             self._stopping.set()
             self._deliver_now.set()
 
-    async def _tick(self) -> None:
-        if self._stopping.is_set() or self._ticking:
-            return
-        self._ticking = True
+    async def _tracked(self, work: Coroutine[Any, Any, Any]) -> Any:
+        # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
         try:
-            task = asyncio.create_task(self.monitor.refresh_feeds())
-            self._in_flight.add(task)
+            return await task
+        finally:
+            self._in_flight.discard(task)
+
+    async def _tick(self) -> None:
+        if self._stopping.is_set() or self._cycle_lock.locked():
+            return
+        async with self._cycle_lock:
+            started = time.monotonic()
             try:
-                outcomes = await task
-            finally:
-                self._in_flight.discard(task)
+                outcomes = await self._tracked(self.monitor.refresh_feeds())
+            except Exception:
+                # The database may be away for a while; log and try again on the next tick.
+                log.exception("poll cycle failed")
+                return
+            self._last_cycle = time.monotonic()
+            metrics.record_cycle(time.time(), self._last_cycle - started)
             if any(o.alerts for o in outcomes):
                 self._deliver_now.set()
-        except Exception:
-            # The database may be away for a while; log and try again on the next tick.
-            log.exception("poll cycle failed")
-        finally:
-            self._ticking = False
 
     async def _delivery_loop(self) -> None:
         while not self._stopping.is_set():
@@ -64,23 +104,137 @@ class Daemon:
             if self._stopping.is_set():
                 break
             try:
-                summary = await self.monitor.deliver()
+                async with self._delivery_lock:
+                    summary = await self.monitor.deliver()
                 if summary.attempted >= 200:
                     self._deliver_now.set()  # more may be waiting
             except Exception:
                 log.exception("delivery cycle failed")
 
+    async def _prune(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            report = await self._tracked(asyncio.to_thread(
+                retention.prune, self.monitor.db, self.monitor.config.retention,
+                datetime.now(UTC)))
+        except Exception:
+            log.exception("retention: pruning failed; it runs again at the next interval")
+            return
+        metrics.record_pruned(report.removed)
+        log.info("%s", report.describe())
+
+    # --- reload ------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        if not self._stopping.is_set():
+            task = asyncio.create_task(self.reload())
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config file. A valid one takes effect between two cycles; an invalid
+        one is logged with its YAML paths and the running configuration stays."""
+        if self.config_path is None:
+            log.warning("reload: the daemon was not started from a config file")
+            return False
+        async with self._reload_lock:
+            log.info("reload: reading %s", self.config_path)
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                log.error("reload: %s\nkeeping the running configuration", exc)
+                return False
+            current = self.monitor.config
+            ignored = [s for s in RESTART_SECTIONS if getattr(config, s) != getattr(current, s)]
+            if ignored:
+                log.warning("reload: changes to %s need a restart; they are not applied",
+                            ", ".join(ignored))
+            config = config.model_copy(update={s: getattr(current, s) for s in ignored})
+            secrets = load_secrets(config)
+            add_secrets(secret_values(config, secrets))
+            async with self._cycle_lock, self._delivery_lock:
+                await self.monitor.reconfigure(config, secrets)
+            if (self._scheduler is not None
+                    and config.retention.interval != current.retention.interval):
+                self._scheduler.reschedule_job("prune", trigger="interval",
+                                               seconds=config.retention.interval)
+            log.info("reload: applied: %d feeds, %d watches, channels: %s",
+                     len(config.feeds), len(config.watches),
+                     ", ".join(self.monitor.channels) or "none active")
+            self._deliver_now.set()
+            return True
+
+    # --- health --------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, str]:
+        """Whether the daemon is doing its job, and why not; never names config or secrets."""
+        if self._stopping.is_set():
+            return False, "shutting down"
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running or scheduler.get_job("tick") is None:
+            return False, "the scheduler is not running"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._ping_database), HEALTH_DB_TIMEOUT)
+        except Exception as exc:
+            return False, f"the database does not answer ({type(exc).__name__})"
+        since = time.monotonic() - (self._last_cycle or self._started)
+        if since > self.monitor.config.http.max_cycle_age:
+            return False, f"no poll cycle has completed for {since:.0f} s"
+        if self._last_cycle is None:
+            return True, "starting: no poll cycle has completed yet"
+        return True, f"last poll cycle completed {since:.1f} s ago"
+
+    def _ping_database(self) -> None:
+        with self.monitor.db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    async def _healthz(self) -> Response:
+        ok, reason = await self.health()
+        body = json.dumps({"status": "ok" if ok else "unhealthy", "reason": reason})
+        return Response(200 if ok else 503, body.encode() + b"\n", "application/json")
+
+    async def _start_endpoint(self) -> None:
+        listen = self.monitor.config.http.listen
+        if listen is None:
+            return
+        registry = metrics.build_registry(
+            self.monitor.db, lambda: [f.name for f in self.monitor.config.feeds if f.enabled])
+
+        async def scrape() -> Response:
+            body = await asyncio.to_thread(metrics.render, registry)
+            return Response(200, body, CONTENT_TYPE_LATEST)
+
+        endpoint = Endpoint(listen, {"/healthz": self._healthz, "/metrics": scrape})
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            raise ConfigError([f"http.listen: cannot listen on {listen}: {exc.strerror or exc}"]
+                              ) from None
+        self.endpoint = endpoint
+
+    # --- running -----------------------------------------------------------------------
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._start_endpoint()
+        pid_file = self._write_pid_file()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         scheduler = AsyncIOScheduler(timezone="UTC")
         # The real schedule is per feed in the database; this job is only the clock.
         scheduler.add_job(self._tick, "interval", seconds=self.config.tick, id="tick",
                           max_instances=1, coalesce=True,
                           misfire_grace_time=max(int(self.config.tick * 10), 10),
                           next_run_time=None)
+        prune_every = self.monitor.config.retention.interval
+        scheduler.add_job(self._prune, "interval", seconds=prune_every, id="prune",
+                          max_instances=1, coalesce=True, misfire_grace_time=3600,
+                          next_run_time=datetime.now(UTC) + timedelta(
+                              seconds=min(prune_every, FIRST_PRUNE_AFTER)))
         scheduler.start()
+        self._scheduler = scheduler
         scheduler.get_job("tick").modify(next_run_time=datetime.now(UTC))
         delivery = asyncio.create_task(self._delivery_loop())
         log.info("monitor running: %d feeds, %d watches, channels: %s",
@@ -91,12 +245,14 @@ class Daemon:
         finally:
             scheduler.shutdown(wait=False)
             await self._drain(delivery)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.endpoint is not None:
+                await self.endpoint.close()
+            self._remove_pid_file(pid_file)
         log.info("monitor stopped")
 
     async def _drain(self, delivery: asyncio.Task) -> None:
-        # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
         pending = [*self._in_flight, delivery]
         _, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
         for task in not_done:
@@ -108,3 +264,19 @@ class Daemon:
         with contextlib.suppress(Exception):
             await self.monitor.deliver()  # a last pass for alerts queued while stopping
 
+    def _write_pid_file(self) -> Path | None:
+        path = pid_file_path(self.monitor.config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{os.getpid()}\n", encoding="ascii")
+        except OSError as exc:
+            log.warning("cannot write the pid file %s (%s); `monitor reload` will not find "
+                        "this daemon, send SIGHUP yourself", path, exc.strerror or exc)
+            return None
+        return path
+
+    @staticmethod
+    def _remove_pid_file(path: Path | None) -> None:
+        with contextlib.suppress(OSError):
+            if path is not None and path.read_text(encoding="ascii").strip() == str(os.getpid()):
+                path.unlink()

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from monitor import metrics
 from monitor.alerts.channels import Channel, build_active_channels
 from monitor.alerts.message import AlertMessage, DeliveryResult
 from monitor.alerts.outbox import claim_deliveries, record_result
@@ -52,6 +53,27 @@ class Monitor:
         self.channels: dict[str, Channel] = {}
         self._fetcher: Fetcher | None = None
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
+
+    async def reconfigure(self, config: Config, secrets: Secrets) -> None:
+        """Switch to a new config without a restart: feeds, watches, channels, fetch limits
+        and retention. Queued deliveries are rows in the database and stay queued (for a
+        channel that is gone they wait until it comes back). The caller makes sure no
+        refresh or delivery is running meanwhile."""
+        def sync() -> None:
+            with self.db.session() as session:
+                sync_feeds(session, config.feeds, datetime.now(UTC))
+
+        await asyncio.to_thread(sync)
+        old_channels, old_fetcher = list(self.channels.values()), self._fetcher
+        self.config, self.secrets = config, secrets
+        self.matcher = Matcher(config.watches)
+        self._watch_channels = {w.name: list(w.channels) for w in config.watches}
+        self.open_channels()
+        if old_fetcher is not None and old_fetcher.config != config.fetch:
+            self._fetcher = None
+            await old_fetcher.close()
+        for channel in old_channels:
+            await channel.close()
 
     # --- setup -------------------------------------------------------------------------
 
@@ -120,7 +142,9 @@ class Monitor:
         async def one(feed) -> RefreshOutcome:
             async with gate:
                 try:
-                    return await refresher.refresh(feed, intervals[feed.name])
+                    outcome = await refresher.refresh(feed, intervals[feed.name])
+                    metrics.record_refresh(outcome)
+                    return outcome
                 except Exception as exc:
                     # A bug or a database hiccup in one feed must not stop the others; the
                     # lease expires and the feed is tried again.
@@ -161,6 +185,7 @@ class Monitor:
                 for message, result in results:
                     state = record_result(session, message.delivery_id, self.owner, result,
                                           datetime.now(UTC))
+                    metrics.record_delivery(message.channel, state or "lease_lost")
                     summary.attempted += 1
                     if state == "delivered":
                         summary.delivered += 1

@@ -131,6 +131,9 @@ class FeedEntry(Base):
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"),
                                             index=True)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last time a parsed document of the feed still carried the entry; retention keeps
+    # what a feed still carries so that it is never stored (and alerted) again.
+    last_seen: Mapped[datetime | None] = mapped_column(default=utcnow)
 
 
 class Alert(Base):

@@ -1,0 +1,116 @@
+"""Retention: remove old rows without losing anything the daemon still needs.
+
+Kept always: baseline articles and their stories; alerts with a delivery still open
+(pending, delivering, failed) and the articles and stories they point to; and what
+deduplication needs — an article a feed still carries (its entry was in the feed's latest
+parsed document, or was seen within the articles window) stays, so a feed that keeps an old
+item for months never re-alerts it.
+
+Removed: alerts older than `delivered_alerts` whose deliveries are all finished (delivered
+or dead), with their deliveries; then articles older than `articles` that nothing above
+protects, with their feed entries; then stories left with no articles and no alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from monitor.config import RetentionConfig
+from monitor.store.database import Database
+from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
+
+log = logging.getLogger(__name__)
+
+OPEN_DELIVERY_STATES = ("pending", "delivering", "failed")
+_CHUNK = 500
+
+
+@dataclass
+class PruneReport:
+    removed: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+    def describe(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        parts = ", ".join(f"{n} {table}" for table, n in self.removed.items())
+        return f"retention: {verb} {parts}"
+
+
+class _Rollback(Exception):
+    pass
+
+
+def prune(db: Database, policy: RetentionConfig, now: datetime,
+          dry_run: bool = False) -> PruneReport:
+    """Apply the policy in one transaction; with dry_run the same deletes are rolled back,
+    so the counts are exactly what a real run would remove."""
+    report = PruneReport(dry_run=dry_run)
+    try:
+        with db.session() as session:
+            report.removed = prune_session(session, policy, now)
+            if dry_run:
+                raise _Rollback
+    except _Rollback:
+        pass
+    return report
+
+
+def prune_session(session: Session, policy: RetentionConfig, now: datetime) -> dict[str, int]:
+    removed = {"deliveries": 0, "alerts": 0, "feed_entries": 0, "articles": 0, "stories": 0}
+    if policy.delivered_alerts is not None:
+        alerts = select(Alert.id).where(_finished_alert(now - _span(policy.delivered_alerts)))
+        removed["deliveries"] = _delete(session, delete(Delivery).where(
+            Delivery.alert_id.in_(alerts)))
+        removed["alerts"] = _delete(session, delete(Alert).where(Alert.id.in_(alerts)))
+    if policy.articles is not None:
+        cutoff = now - _span(policy.articles)
+        ids = list(session.scalars(select(Article.id).where(_expired_article(cutoff))))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            removed["feed_entries"] += _delete(session, delete(FeedEntry).where(
+                FeedEntry.article_id.in_(chunk)))
+            removed["articles"] += _delete(session, delete(Article).where(
+                Article.id.in_(chunk)))
+        removed["stories"] = _delete(session, delete(Story).where(
+            Story.baseline.is_(False), Story.created_at < cutoff,
+            ~exists().where(Article.story_id == Story.id),
+            ~exists().where(Alert.story_id == Story.id)))
+    return removed
+
+
+def _span(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def _finished_alert(cutoff: datetime):  # type: ignore[no-untyped-def]
+    return and_(Alert.created_at < cutoff, ~exists().where(
+        Delivery.alert_id == Alert.id, Delivery.state.in_(OPEN_DELIVERY_STATES)))
+
+
+def _expired_article(cutoff: datetime):  # type: ignore[no-untyped-def]
+    seen = func.coalesce(FeedEntry.last_seen, FeedEntry.first_seen)
+    latest = (select(FeedEntry.feed_id, func.max(seen).label("at"))
+              .group_by(FeedEntry.feed_id).subquery())
+    in_latest_document = select(FeedEntry.article_id).join(
+        latest, and_(FeedEntry.feed_id == latest.c.feed_id, seen == latest.c.at))
+    return and_(
+        Article.baseline.is_(False),
+        Article.fetched < cutoff,
+        ~exists().where(Alert.article_id == Article.id),
+        ~exists().where(FeedEntry.article_id == Article.id, seen >= cutoff),
+        Article.id.not_in(in_latest_document),
+    )
+
+
+def _delete(session: Session, statement) -> int:  # type: ignore[no-untyped-def]
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return result.rowcount or 0

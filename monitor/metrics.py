@@ -123,12 +123,12 @@ class DatabaseCollector(Collector):
         with self.db.session() as session:
             feeds = dict(session.execute(
                 select(Feed.state, func.count()).where(Feed.name.in_(names))
-                .group_by(Feed.state)).tuples().all())
+                .group_by(Feed.state)).all())
             feeds["new"] = feeds.get("new", 0) + len(names) - sum(feeds.values())
             outbox = {(c, s): n for c, s, n in session.execute(
                 select(Delivery.channel, Delivery.state, func.count())
                 .where(Delivery.state.in_(OPEN_DELIVERY_STATES))
-                .group_by(Delivery.channel, Delivery.state)).tuples()}
+                .group_by(Delivery.channel, Delivery.state))}
             stories = session.scalar(select(func.count()).select_from(Story)) or 0
             articles = session.scalar(select(func.count()).select_from(Article)) or 0
         return feeds, outbox, stories, articles

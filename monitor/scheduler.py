@@ -63,6 +63,7 @@ class Daemon:
         self._started = time.monotonic()
         self._last_cycle: float | None = None
         self.endpoint: Endpoint | None = None
+        self.started = asyncio.Event()  # set once the clock runs (tests and reload wait on it)
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -237,6 +238,7 @@ class Daemon:
         self._scheduler = scheduler
         scheduler.get_job("tick").modify(next_run_time=datetime.now(UTC))
         delivery = asyncio.create_task(self._delivery_loop())
+        self.started.set()
         log.info("monitor running: %d feeds, %d watches, channels: %s",
                  len(self.monitor.config.feeds), len(self.monitor.config.watches),
                  ", ".join(self.monitor.channels) or "none active")

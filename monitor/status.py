@@ -81,7 +81,7 @@ def collect(session: Session, config: Config, secrets: Secrets, now: datetime) -
     rows = {f.name: f for f in session.scalars(select(Feed))}
     items = dict(session.execute(
         select(FeedEntry.feed_id, func.count()).where(FeedEntry.first_seen >= since)
-        .group_by(FeedEntry.feed_id)).tuples().all())
+        .group_by(FeedEntry.feed_id)).all())
     feeds = []
     for feed in config.feeds:
         row = rows.get(feed.name)
@@ -97,23 +97,23 @@ def collect(session: Session, config: Config, secrets: Secrets, now: datetime) -
 
     recent = dict(session.execute(
         select(Alert.watch, func.count()).where(Alert.created_at >= since)
-        .group_by(Alert.watch)).tuples().all())
+        .group_by(Alert.watch)).all())
     last = dict(session.execute(
-        select(Alert.watch, func.max(Alert.created_at)).group_by(Alert.watch)).tuples().all())
+        select(Alert.watch, func.max(Alert.created_at)).group_by(Alert.watch)).all())
     watches = [WatchStatus(w.name, recent.get(w.name, 0), last.get(w.name))
                for w in config.watches]
 
     counts: dict[str, dict[str, int]] = {}
     for channel, state, count in session.execute(
             select(Delivery.channel, Delivery.state, func.count())
-            .group_by(Delivery.channel, Delivery.state)).tuples():
+            .group_by(Delivery.channel, Delivery.state)):
         counts.setdefault(channel, {})[state] = count
     delivered = dict(session.execute(
         select(Delivery.channel, func.count()).where(Delivery.delivered_at >= since)
-        .group_by(Delivery.channel)).tuples().all())
+        .group_by(Delivery.channel)).all())
     last_success = dict(session.execute(
         select(Delivery.channel, func.max(Delivery.delivered_at))
-        .group_by(Delivery.channel)).tuples().all())
+        .group_by(Delivery.channel)).all())
 
     def channel_status(name: str, kind: str, status: str) -> ChannelStatus:
         c = counts.get(name, {})

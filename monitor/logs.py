@@ -70,13 +70,16 @@ class JsonFormatter(logging.Formatter):
         }
         if subject := _SUBJECT.match(message):
             data[subject.group(1)] = subject.group(2)
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exception"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats with `inner`, then scrubs the finished line, traceback included."""
+    """Scrubs the message and traceback before `inner` formats them (so no escaping, such
+    as JSON of a repr, can hide a secret from the scrub), then scrubs the finished line."""
 
     def __init__(self, inner: logging.Formatter, redact: Redactor) -> None:
         super().__init__()
@@ -84,6 +87,13 @@ class RedactingFormatter(logging.Formatter):
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)  # other handlers keep the original
+        record.msg, record.args = self.redact(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = self.redact(self.inner.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return self.redact(self.inner.format(record))
 
 
@@ -115,3 +125,6 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     # Library chatter (every request, every job run) would drown the feed lines.
     for noisy in ("httpx", "httpcore", "apscheduler", "alembic", "aiosmtpd", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A poll cycle longer than the tick makes APScheduler warn "maximum number of running
+    # instances reached" every tick; that is the design (one cycle at a time), not news.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

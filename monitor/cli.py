@@ -58,6 +58,12 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
         status = ("disabled" if not channel.enabled else
                   f"inactive, set {', '.join(missing)}" if missing else "active")
         out.write(f"  - {channel.name} ({channel.type}): {status}\n")
+    listen = config.http.listen
+    out.write(f"http: {listen} (/healthz, /metrics)\n" if listen else "http: off\n")
+    kept = config.retention
+    out.write("retention: articles {}, delivered alerts {}\n".format(
+        *(f"{days / 86400:g} days" if days else "for ever"
+          for days in (kept.articles, kept.delivered_alerts))))
     return EXIT_OK
 
 

@@ -166,3 +166,14 @@ def test_daemon_logs_hold_no_secret_with_failing_smtp_auth_and_signed_webhook(
         assert line.get("feed") in ("agency", "broken"), line
     assert {line.get("channel") for line in lines if "delivery" in line["message"]} >= {
         "mail", "hook"}
+
+
+def test_the_database_password_counts_as_a_secret() -> None:
+    from monitor.config import load_secrets, parse_config, secret_values
+
+    env = {"MONITOR_DATABASE_URL": "postgresql+psycopg://monitor:s3cret-pg-pw@db/monitor",
+           "HOOK_SECRET": WEBHOOK_SECRET}
+    config = parse_config({"channels": [{"name": "h", "type": "webhook", "url": "http://x/",
+                                         "secret_env": "HOOK_SECRET"}]}, env=env)
+    assert sorted(secret_values(config, load_secrets(config, env))) == sorted(
+        [WEBHOOK_SECRET, "s3cret-pg-pw"])

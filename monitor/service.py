@@ -143,13 +143,13 @@ class Monitor:
             async with gate:
                 try:
                     outcome = await refresher.refresh(feed, intervals[feed.name])
-                    metrics.record_refresh(outcome)
-                    return outcome
                 except Exception as exc:
                     # A bug or a database hiccup in one feed must not stop the others; the
                     # lease expires and the feed is tried again.
                     log.exception("feed %s: refresh failed unexpectedly", feed.name)
-                    return RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+                    outcome = RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+                metrics.record_refresh(outcome)
+                return outcome
 
         return list(await asyncio.gather(*(one(f) for f in feeds)))
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from monitor.config import load_config, load_secrets
@@ -51,9 +52,23 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1) ->
         await asyncio.sleep(interval)
 
 
-def start_daemon_process(config: Path, log_path: Path, *extra: str,
-                         env: dict[str, str] | None = None) -> subprocess.Popen:
+@contextmanager
+def daemon_process(config: Path, log_path: Path, *extra: str,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A real `monitor run` process writing to log_path; killed if the test did not stop it."""
     with log_path.open("w") as log:
-        return subprocess.Popen([sys.executable, "-m", "monitor", "--config", str(config),
-                                 *extra, "run"], cwd=ROOT, env={**os.environ, **(env or {})},
-                                stdout=log, stderr=log)
+        daemon = subprocess.Popen([sys.executable, "-m", "monitor", "--config", str(config),
+                                   *extra, "run"], cwd=ROOT, env={**os.environ, **(env or {})},
+                                  stdout=log, stderr=log)
+    try:
+        yield daemon
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def stop(daemon: subprocess.Popen) -> int:
+    """SIGTERM, as systemd and docker send it; the exit code."""
+    daemon.send_signal(signal.SIGTERM)
+    return daemon.wait(timeout=15)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from monitor.logs import REDACTED, JsonFormatter, RedactingFormatter, Redactor
 from tests.conftest import ROOT, WEBHOOK_SECRET, write_config
-from tests.running import start_daemon_process
+from tests.running import daemon_process, stop
 from tests.servers import FeedServer, WebhookReceiver, free_port, rss, wait_until
 from tests.test_end_to_end import MATCHING
 
@@ -136,15 +135,12 @@ def test_daemon_logs_hold_no_secret_with_failing_smtp_auth_and_signed_webhook(
     with RejectingSmtpServer() as smtp:
         config.write_text(config.read_text(encoding="utf-8").replace(
             "port: 0", f"port: {smtp.port}"), encoding="utf-8")
-        daemon = start_daemon_process(config, log_path, "--log-format", "json", env=env)
         try:
-            assert wait_until(lambda: smtp.attempts and hook.posts, timeout=30)
-            assert wait_until(lambda: "dead-lettered" in log_path.read_text(), timeout=10)
-            daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(timeout=15) == 0
+            with daemon_process(config, log_path, "--log-format", "json", env=env) as daemon:
+                assert wait_until(lambda: smtp.attempts and hook.posts, timeout=30)
+                assert wait_until(lambda: "dead-lettered" in log_path.read_text(), timeout=10)
+                assert stop(daemon) == 0
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
             hook.stop()
     # The secrets did reach the servers: the test would catch them if they were logged.
     assert smtp.attempts[0].password.decode() == SMTP_PASSWORD

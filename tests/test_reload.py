@@ -13,7 +13,7 @@ import pytest
 
 from monitor.cli import main
 from tests.conftest import write_config
-from tests.running import start_daemon_process
+from tests.running import daemon_process, stop
 from tests.servers import FeedServer, WebhookReceiver, free_port, rss, wait_until
 
 OIC = {"title": "دیدار دبیرکل سازمان همکاری اسلامی", "link": "https://news.example.ir/1",
@@ -52,50 +52,46 @@ def test_reload_applies_a_valid_config_and_keeps_the_old_one_on_errors(
     config = write_config(tmp_path / "monitor.yaml", db_url,
                           **_sections(tmp_path, port, feeds, hooks, watches))
     log_path = tmp_path / "daemon.log"
-    # The first poll is the baseline for nothing: the feed item alerts at once.
-    daemon = start_daemon_process(config, log_path)
     try:
-        # The alert for feed one fails once: it stays queued for its retry in 2.5-5 s.
-        assert wait_until(lambda: len(first.posts) == 1, timeout=30)
+        with daemon_process(config, log_path) as daemon:
+            # The alert for feed one fails once: it stays queued for its retry in 2.5-5 s.
+            assert wait_until(lambda: len(first.posts) == 1, timeout=30)
 
-        feeds.append({"name": "two", "url": two, "interval": 1})
-        watches.append({"name": "geneva", "any": ["ژنو"], "channels": ["second"]})
-        hooks["second"] = second.url("/hook")
-        write_config(config, db_url, **_sections(tmp_path, port, feeds, hooks, watches))
-        code, said = _reload(config)
-        assert code == 0, said
-        assert f"pid {daemon.pid}" in said
-        assert wait_until(lambda: "reload: applied: 2 feeds, 2 watches" in log_path.read_text(),
-                          timeout=10)
-        # New feed, watch and channel work without a restart ...
-        assert wait_until(lambda: len(second.posts) == 1, timeout=10)
-        assert "ژنو" in second.posts[0].body.decode()
-        # ... and the delivery queued before the reload was not lost: retried, same id.
-        assert wait_until(lambda: len(first.posts) == 2, timeout=10)
-        assert first.posts[0].headers["webhook-id"] == first.posts[1].headers["webhook-id"]
+            feeds.append({"name": "two", "url": two, "interval": 1})
+            watches.append({"name": "geneva", "any": ["ژنو"], "channels": ["second"]})
+            hooks["second"] = second.url("/hook")
+            write_config(config, db_url, **_sections(tmp_path, port, feeds, hooks, watches))
+            code, said = _reload(config)
+            assert code == 0, said
+            assert f"pid {daemon.pid}" in said
+            assert wait_until(lambda: "reload: applied: 2 feeds, 2 watches" in log_path.read_text(),
+                              timeout=10)
+            # New feed, watch and channel work without a restart ...
+            assert wait_until(lambda: len(second.posts) == 1, timeout=10)
+            assert "ژنو" in second.posts[0].body.decode()
+            # ... and the delivery queued before the reload was not lost: retried, same id.
+            assert wait_until(lambda: len(first.posts) == 2, timeout=10)
+            assert first.posts[0].headers["webhook-id"] == first.posts[1].headers["webhook-id"]
 
-        # An invalid file: `monitor reload` refuses to signal; SIGHUP is logged and ignored.
-        broken = config.read_text(encoding="utf-8").replace(
-            f"url: {two}", "url: file:///etc/passwd")
-        config.write_text(broken, encoding="utf-8")
-        code, _ = _reload(config)
-        assert code == 2
-        assert "feeds[1].url" in capsys.readouterr().err
-        os.kill(daemon.pid, signal.SIGHUP)
-        assert wait_until(lambda: "keeping the running configuration" in log_path.read_text(),
-                          timeout=10)
-        log = log_path.read_text()
-        assert "feeds[1].url: only http and https feeds are allowed" in log
-        hits = feed_server.hits("/two.xml")
-        assert wait_until(lambda: feed_server.hits("/two.xml") > hits, timeout=10)
-        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-        assert health.status_code == 200
+            # An invalid file: `monitor reload` refuses to signal; SIGHUP is logged and ignored.
+            broken = config.read_text(encoding="utf-8").replace(
+                f"url: {two}", "url: file:///etc/passwd")
+            config.write_text(broken, encoding="utf-8")
+            code, _ = _reload(config)
+            assert code == 2
+            assert "feeds[1].url" in capsys.readouterr().err
+            os.kill(daemon.pid, signal.SIGHUP)
+            assert wait_until(lambda: "keeping the running configuration" in log_path.read_text(),
+                              timeout=10)
+            log = log_path.read_text()
+            assert "feeds[1].url: only http and https feeds are allowed" in log
+            hits = feed_server.hits("/two.xml")
+            assert wait_until(lambda: feed_server.hits("/two.xml") > hits, timeout=10)
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            assert health.status_code == 200
 
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
+            assert stop(daemon) == 0
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         first.stop()
         second.stop()
     assert not (tmp_path / "monitor.pid").exists()

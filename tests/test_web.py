@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from monitor.config import ConfigError
 from monitor.store.models import Feed
@@ -153,6 +153,41 @@ def test_healthz_is_503_with_a_reason_when_cycles_stall(
             assert str(tmp_path) not in responses[-1].text
 
     asyncio.run(scenario())
+
+
+def test_healthz_is_503_while_the_database_does_not_answer(
+    tmp_path: Path, db_url: str,
+) -> None:
+    config = write_config(tmp_path / "monitor.yaml", db_url, http={"listen": "127.0.0.1:0"})
+    engine = create_engine(db_url)
+
+    def rename(old: str, new: str) -> None:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    async def scenario() -> None:
+        async with daemon_in_loop(config) as daemon, httpx.AsyncClient() as client:
+            assert daemon.endpoint is not None
+            url = f"http://127.0.0.1:{daemon.endpoint.port}/healthz"
+
+            async def status(code: int) -> bool:
+                return (await client.get(url)).status_code == code
+
+            assert await eventually(lambda: status(200))
+            await asyncio.to_thread(rename, "feeds", "feeds_away")
+            try:
+                response = await client.get(url)
+                assert response.status_code == 503
+                assert response.json()["reason"].startswith("the database does not answer")
+                assert db_url not in response.text
+            finally:
+                await asyncio.to_thread(rename, "feeds_away", "feeds")
+            assert await eventually(lambda: status(200))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
 
 
 def test_http_listen_null_is_off_and_a_taken_port_is_a_config_error(

@@ -155,8 +155,15 @@ class Daemon:
             config = config.model_copy(update={s: getattr(current, s) for s in ignored})
             secrets = load_secrets(config)
             add_secrets(secret_values(config, secrets))
-            async with self._cycle_lock, self._delivery_lock:
-                await self.monitor.reconfigure(config, secrets)
+            try:
+                async with self._cycle_lock, self._delivery_lock:
+                    await self.monitor.reconfigure(config, secrets)
+            except Exception:
+                # Registering the feeds comes before any swap, so a database error here
+                # leaves the running configuration whole.
+                log.exception("reload: could not apply %s; keeping the running configuration",
+                              self.config_path)
+                return False
             if (self._scheduler is not None
                     and config.retention.interval != current.retention.interval):
                 self._scheduler.reschedule_job("prune", trigger="interval",

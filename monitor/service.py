@@ -64,9 +64,9 @@ class Monitor:
                 sync_feeds(session, config.feeds, datetime.now(UTC))
 
         await asyncio.to_thread(sync)
+        matcher = Matcher(config.watches)
         old_channels, old_fetcher = list(self.channels.values()), self._fetcher
-        self.config, self.secrets = config, secrets
-        self.matcher = Matcher(config.watches)
+        self.config, self.secrets, self.matcher = config, secrets, matcher
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
         self.open_channels()
         if old_fetcher is not None and old_fetcher.config != config.fetch:

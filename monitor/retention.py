@@ -13,7 +13,8 @@ protects, with their feed entries; then stories left with no articles and no ale
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -24,10 +25,8 @@ from monitor.config import RetentionConfig
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
 
-log = logging.getLogger(__name__)
-
 OPEN_DELIVERY_STATES = ("pending", "delivering", "failed")
-_CHUNK = 500
+_CHUNK = 1000
 
 
 @dataclass
@@ -46,44 +45,57 @@ class PruneReport:
 
 
 class _Rollback(Exception):
-    pass
+    def __init__(self, removed: dict[str, int]) -> None:
+        super().__init__()
+        self.removed = removed
+
+
+Transaction = Callable[[], AbstractContextManager[Session]]
 
 
 def prune(db: Database, policy: RetentionConfig, now: datetime,
           dry_run: bool = False) -> PruneReport:
-    """Apply the policy in one transaction; with dry_run the same deletes are rolled back,
-    so the counts are exactly what a real run would remove."""
-    report = PruneReport(dry_run=dry_run)
+    """Apply the policy. A real run commits in batches, so a daemon sharing a SQLite file
+    never waits long for the write lock; a dry run makes the same deletes in one
+    transaction and rolls it back, so its counts are exactly what a real run removes."""
+    if not dry_run:
+        return PruneReport(apply_policy(db.session, policy, now))
     try:
         with db.session() as session:
-            report.removed = prune_session(session, policy, now)
-            if dry_run:
-                raise _Rollback
-    except _Rollback:
-        pass
-    return report
+            raise _Rollback(apply_policy(lambda: nullcontext(session), policy, now))
+    except _Rollback as rollback:
+        return PruneReport(rollback.removed, dry_run=True)
 
 
-def prune_session(session: Session, policy: RetentionConfig, now: datetime) -> dict[str, int]:
+def apply_policy(transaction: Transaction, policy: RetentionConfig,
+                 now: datetime) -> dict[str, int]:
+    """The deletes, each step in a `transaction()`; returns the rows removed per table."""
     removed = {"deliveries": 0, "alerts": 0, "feed_entries": 0, "articles": 0, "stories": 0}
     if policy.delivered_alerts is not None:
-        alerts = select(Alert.id).where(_finished_alert(now - _span(policy.delivered_alerts)))
-        removed["deliveries"] = _delete(session, delete(Delivery).where(
-            Delivery.alert_id.in_(alerts)))
-        removed["alerts"] = _delete(session, delete(Alert).where(Alert.id.in_(alerts)))
+        with transaction() as session:
+            alerts = select(Alert.id).where(
+                _finished_alert(now - _span(policy.delivered_alerts)))
+            removed["deliveries"] = _delete(session, delete(Delivery).where(
+                Delivery.alert_id.in_(alerts)))
+            removed["alerts"] = _delete(session, delete(Alert).where(Alert.id.in_(alerts)))
     if policy.articles is not None:
         cutoff = now - _span(policy.articles)
-        ids = list(session.scalars(select(Article.id).where(_expired_article(cutoff))))
+        with transaction() as session:
+            ids = list(session.scalars(select(Article.id).where(_expired_article(cutoff))))
         for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            removed["feed_entries"] += _delete(session, delete(FeedEntry).where(
-                FeedEntry.article_id.in_(chunk)))
-            removed["articles"] += _delete(session, delete(Article).where(
-                Article.id.in_(chunk)))
-        removed["stories"] = _delete(session, delete(Story).where(
-            Story.baseline.is_(False), Story.created_at < cutoff,
-            ~exists().where(Article.story_id == Story.id),
-            ~exists().where(Alert.story_id == Story.id)))
+            with transaction() as session:
+                # Checked again: a feed may have carried the article since the selection.
+                chunk = list(session.scalars(select(Article.id).where(
+                    Article.id.in_(ids[start:start + _CHUNK]), _unprotected_article(cutoff))))
+                removed["feed_entries"] += _delete(session, delete(FeedEntry).where(
+                    FeedEntry.article_id.in_(chunk)))
+                removed["articles"] += _delete(session, delete(Article).where(
+                    Article.id.in_(chunk)))
+        with transaction() as session:
+            removed["stories"] = _delete(session, delete(Story).where(
+                Story.baseline.is_(False), Story.created_at < cutoff,
+                ~exists().where(Article.story_id == Story.id),
+                ~exists().where(Alert.story_id == Story.id)))
     return removed
 
 
@@ -96,19 +108,26 @@ def _finished_alert(cutoff: datetime):  # type: ignore[no-untyped-def]
         Delivery.alert_id == Alert.id, Delivery.state.in_(OPEN_DELIVERY_STATES)))
 
 
-def _expired_article(cutoff: datetime):  # type: ignore[no-untyped-def]
+def _unprotected_article(cutoff: datetime):  # type: ignore[no-untyped-def]
+    """Old, not baseline, no alert left, and no feed carried it within the window."""
     seen = func.coalesce(FeedEntry.last_seen, FeedEntry.first_seen)
-    latest = (select(FeedEntry.feed_id, func.max(seen).label("at"))
-              .group_by(FeedEntry.feed_id).subquery())
-    in_latest_document = select(FeedEntry.article_id).join(
-        latest, and_(FeedEntry.feed_id == latest.c.feed_id, seen == latest.c.at))
     return and_(
         Article.baseline.is_(False),
         Article.fetched < cutoff,
         ~exists().where(Alert.article_id == Article.id),
         ~exists().where(FeedEntry.article_id == Article.id, seen >= cutoff),
-        Article.id.not_in(in_latest_document),
     )
+
+
+def _expired_article(cutoff: datetime):  # type: ignore[no-untyped-def]
+    """Unprotected, and not in its feed's latest parsed document (a feed that has not
+    changed for longer than the window still carries it)."""
+    seen = func.coalesce(FeedEntry.last_seen, FeedEntry.first_seen)
+    latest = (select(FeedEntry.feed_id, func.max(seen).label("at"))
+              .group_by(FeedEntry.feed_id).subquery())
+    in_latest_document = select(FeedEntry.article_id).join(
+        latest, and_(FeedEntry.feed_id == latest.c.feed_id, seen == latest.c.at))
+    return and_(_unprotected_article(cutoff), Article.id.not_in(in_latest_document))
 
 
 def _delete(session: Session, statement) -> int:  # type: ignore[no-untyped-def]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,48 @@ def test_pid_file_defaults_next_to_the_sqlite_database(tmp_path: Path) -> None:
         db.parent / "monitor.pid")
     assert pid_file_path(parse_config({"scheduler": {"pid_file": "/run/m.pid"}}, env={})) == (
         Path("/run/m.pid"))
+
+
+def test_a_removed_channel_keeps_its_queue_until_it_returns(
+    tmp_path: Path, sqlite_url: str, feed_server: FeedServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from monitor.status import collect
+    from tests.running import daemon_in_loop, eventually
+
+    hook = WebhookReceiver([500]).start()
+    feed = feed_server.set_feed("/one.xml", rss([OIC]))
+    path = tmp_path / "monitor.yaml"
+
+    def write(with_hook: bool, tick: float = 0.2) -> None:
+        write_config(path, sqlite_url, http={"listen": None},
+                     scheduler={"tick": tick, "delivery_interval": 0.5, "shutdown_grace": 5},
+                     feeds=[{"name": "one", "url": feed, "interval": 1}],
+                     watches=[{"name": "oic", "any": ["سازمان همکاری اسلامی"],
+                               "channels": ["hook"] if with_hook else []}],
+                     channels=[{"name": "hook", "type": "webhook", "url": hook.url("/")}]
+                     if with_hook else [])
+
+    async def scenario() -> None:
+        async with daemon_in_loop(path) as daemon:
+            assert await eventually(lambda: len(hook.posts) == 1)  # failed, retry queued
+            write(with_hook=False, tick=5)
+            assert await daemon.reload()
+            assert "hook" not in daemon.monitor.channels
+            assert daemon.monitor.config.scheduler.tick == 0.2  # needs a restart
+            assert "changes to scheduler need a restart" in caplog.text
+            with daemon.monitor.db.session() as session:
+                status = collect(session, daemon.monitor.config, daemon.monitor.secrets,
+                                 datetime.now(UTC))
+            assert [(c.name, c.status, c.failed) for c in status.channels] == [
+                ("hook", "not configured", 1)]
+            write(with_hook=True)
+            assert await daemon.reload()
+            assert await eventually(lambda: len(hook.posts) == 2, timeout=10)
+            assert hook.posts[0].headers["webhook-id"] == hook.posts[1].headers["webhook-id"]
+
+    write(with_hook=True)
+    try:
+        with caplog.at_level("INFO"):
+            asyncio.run(scenario())
+    finally:
+        hook.stop()

@@ -127,7 +127,8 @@ class ScriptedSmtp:
 
         def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
                          auth_data: Any) -> AuthResult:
-            return AuthResult(success=bool(outer.auth_ok))
+            # handled=False: aiosmtpd answers 535 itself on failure.
+            return AuthResult(success=bool(outer.auth_ok), handled=False)
 
         self.auth_ok = auth_ok
         self.port = free_port()

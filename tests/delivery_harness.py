@@ -60,8 +60,8 @@ class Harness:
             store_candidates(session, feed_id=None, origin="agency", candidates=candidates,
                              channels_for=self.monitor.active_channels_for, now=self.clock())
 
-    def deliver(self) -> DeliverySummary:
-        return self.loop.run_until_complete(self.monitor.deliver())
+    def deliver(self, limit: int = 200) -> DeliverySummary:
+        return self.loop.run_until_complete(self.monitor.deliver(limit))
 
     def test_alert(self, channel: str) -> DeliveryResult:
         return self.loop.run_until_complete(self.monitor.test_alert(channel))

@@ -4,12 +4,14 @@ hang and trickle."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
+import yaml
 from standardwebhooks import Webhook
 
 from monitor.alerts.channels.webhook import parse_retry_after
@@ -77,10 +79,11 @@ def test_redirect_is_not_followed(harness: Harness, receiver: ScriptedWebhook) -
 
 
 def test_410_disables_the_channel_across_restarts_until_resumed(
-        sqlite_url: str, receiver: ScriptedWebhook, caplog: pytest.LogCaptureFixture) -> None:
+        db_url: str, receiver: ScriptedWebhook, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
     receiver.script = [Reply(410)]
     # The CLI below uses the real clock, so this test does too.
-    first = Harness(sqlite_url, [_hook(receiver)], clock=FakeClock(datetime.now(UTC)))
+    first = Harness(db_url, [_hook(receiver)], clock=FakeClock(datetime.now(UTC)))
     first.queue()
     first.deliver()
     assert first.channel_state("hook") == "disabled"
@@ -92,7 +95,7 @@ def test_410_disables_the_channel_across_restarts_until_resumed(
     first.close()
 
     # A new process on the same database.
-    restarted = Harness(sqlite_url, [_hook(receiver)], clock=first.clock)
+    restarted = Harness(db_url, [_hook(receiver)], clock=first.clock)
     restarted.clock.advance(hours=2)
     restarted.deliver()
     assert len(receiver.posts) == 1  # still disabled: nothing sent, nothing lost
@@ -102,7 +105,7 @@ def test_410_disables_the_channel_across_restarts_until_resumed(
 
     from monitor.cli import main
     config = restarted.config
-    path = _write(sqlite_url, config)
+    path = _write(tmp_path / "monitor.yaml", db_url, config)
     assert main(["--config", str(path), "alerts", "resume", "hook"]) == 0
     restarted.deliver()
     assert restarted.states() == ["delivered", "delivered"]
@@ -110,13 +113,8 @@ def test_410_disables_the_channel_across_restarts_until_resumed(
     restarted.close()
 
 
-def _write(db_url: str, config: Any):
-    import tempfile
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(tempfile.mkdtemp()) / "monitor.yaml"
+def _write(path: Path, db_url: str, config: Any) -> Path:
+    """The harness's channels as a YAML file, for the CLI."""
     path.write_text(yaml.safe_dump({
         "database": {"url": db_url},
         "channels": [c.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -40,9 +40,9 @@ def _bodies(receiver: ScriptedWebhook) -> list[dict[str, Any]]:
     return [json.loads(p.body) for p in receiver.posts]
 
 
-def test_quiet_hours_hold_alerts_then_send_one_digest(sqlite_url: str,
+def test_quiet_hours_hold_alerts_then_send_one_digest(db_url: str,
                                                       receiver: ScriptedWebhook) -> None:
-    h = _harness(sqlite_url, receiver, tehran(23, 30),
+    h = _harness(db_url, receiver, tehran(23, 30),
                  quiet_hours={"start": "23:00", "end": "07:00"})
     h.queue(3)
     h.deliver()
@@ -112,10 +112,10 @@ def test_digest_that_fails_is_retried_whole_with_the_same_id(
     h.close()
 
 
-def test_rate_limit_folds_the_rest_into_the_next_digest(sqlite_url: str,
+def test_rate_limit_folds_the_rest_into_the_next_digest(db_url: str,
                                                         receiver: ScriptedWebhook) -> None:
     start = tehran(12, 0)
-    h = _harness(sqlite_url, receiver, start, rate_limit=2)
+    h = _harness(db_url, receiver, start, rate_limit=2)
     h.queue(5)
     h.deliver()
     assert [b["type"] for b in _bodies(receiver)] == ["monitor.alert"] * 2

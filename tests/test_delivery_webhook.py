@@ -4,10 +4,10 @@ hang and trickle."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest

@@ -32,6 +32,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('batch_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('delivered_to', sa.JSON(), nullable=True))
         batch_op.create_index(batch_op.f('ix_deliveries_batch_id'), ['batch_id'], unique=False)
+    # Rows already past pacing stay sendable; pending ones are paced on the next cycle.
+    op.execute("UPDATE deliveries SET released_at = created_at WHERE state <> 'pending'")
 
 
 def downgrade() -> None:

@@ -55,8 +55,23 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
         missing = channel_missing_secrets(channel, secrets)
         status = ("disabled" if not channel.enabled else
                   f"inactive, set {', '.join(missing)}" if missing else "active")
-        out.write(f"  - {channel.name} ({channel.type}): {status}\n")
+        out.write(f"  - {channel.name} ({channel.type}): {status}{_pacing(channel)}\n")
     return EXIT_OK
+
+
+def _pacing(channel) -> str:
+    """How a channel paces its alerts, for check-config: empty when it sends at once."""
+    parts = []
+    if channel.mode == "digest":
+        digest = channel.digest
+        parts.append("digest " + (", ".join(t.strftime("%H:%M") for t in sorted(digest.at))
+                                  if digest.at else f"every {digest.interval / 60:g} min"))
+    if channel.rate_limit:
+        parts.append(f"at most {channel.rate_limit}/hour")
+    if channel.quiet_hours:
+        q = channel.quiet_hours
+        parts.append(f"quiet {q.start:%H:%M}-{q.end:%H:%M}")
+    return f"; {', '.join(parts)} ({channel.timezone})" if parts else ""
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace, out: TextIO) -> int:

@@ -131,3 +131,15 @@ def test_channel_keys_are_validated_with_their_path() -> None:
                                                           "rate_limit": 0})
     assert "choose either 'every' or 'at'" in _channel_problem(
         {**hook, "url": "http://x", "digest": {"every": "30m", "at": ["08:00"]}})
+
+
+def test_check_config_shows_how_each_channel_paces(tmp_path: Path, sqlite_url: str) -> None:
+    config = write_config(tmp_path / "monitor.yaml", sqlite_url, channels=[
+        {"name": "log", "type": "log", "mode": "digest", "digest": {"at": ["18:00", "08:00"]},
+         "quiet_hours": {"start": "23:00", "end": "07:00"}, "rate_limit": 5},
+        {"name": "plain", "type": "log"}])
+    code, out = _run(config, "check-config")
+    assert code == 0
+    assert ("log (log): active; digest 08:00, 18:00, at most 5/hour, quiet 23:00-07:00 "
+            "(Asia/Tehran)") in out
+    assert "plain (log): active\n" in out

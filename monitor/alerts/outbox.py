@@ -164,7 +164,7 @@ def pace_channel(session: Session, config: ChannelConfig, now: datetime) -> int:
 
 # --- claiming and recording ------------------------------------------------------------
 
-def _alert_message(delivery: Delivery) -> AlertMessage:
+def _message(delivery: Delivery) -> AlertMessage:
     alert: Alert = delivery.alert
     article: Article = alert.article
     return AlertMessage(
@@ -238,13 +238,13 @@ def claim_messages(session: Session, owner: str, channels: Iterable[str], now: d
         if delivery.batch_id:
             digests.setdefault(delivery.batch_id, []).append(delivery)
         else:
-            messages.append(_alert_message(delivery))
+            messages.append(_message(delivery))
     for batch_id, members in digests.items():
         members.sort(key=lambda d: d.id)
         done = set.intersection(*(set(d.delivered_to or ()) for d in members))
         messages.append(Digest(
             message_id=batch_id, channel=members[0].channel,
-            alerts=tuple(_alert_message(d) for d in members),
+            alerts=tuple(_message(d) for d in members),
             created_at=max(d.released_at for d in members if d.released_at),
             attempt=members[0].attempts, delivered_to=tuple(sorted(done))))
     return messages

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from tests.alert_servers import Reply, ScriptedWebhook
 from tests.conftest import ROOT, write_config
@@ -63,12 +64,51 @@ def _daemon(config: Path, log: Path, pause: str | None = None) -> subprocess.Pop
 
 
 def _delivery_states(db_url: str) -> dict[str, str]:
+    """message_id -> state; empty until a daemon has created the schema."""
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
             return dict(conn.execute(text("SELECT message_id, state FROM deliveries")).all())
+    except DBAPIError:
+        return {}
     finally:
         engine.dispose()
+
+
+def _daemon_config(tmp_path: Path, db_url: str, feeds: FeedServer,
+                   receiver: ScriptedWebhook, items: int) -> Path:
+    entries = [{"title": f"نشست سازمان همکاری اسلامی شماره {n}", "guid": f"g{n}",
+                "link": f"https://news.example.ir/{n}", "description": f"خبر {n}"}
+               for n in range(items)]
+    return write_config(
+        tmp_path / "monitor.yaml", db_url,
+        database={"url": db_url, "lease_seconds": 2},
+        scheduler={"tick": 0.2, "delivery_interval": 0.2, "shutdown_grace": 3},
+        feeds=[{"name": "agency", "url": feeds.set_feed("/f.xml", rss(entries)),
+                "interval": 60}],
+        watches=[{"name": "oic", "any": ["سازمان همکاری اسلامی"], "channels": ["hook"]}],
+        channels=[{"name": "hook", "type": "webhook", "url": receiver.url("/hook"),
+                   "timeout": 2}])
+
+
+@pytest.mark.slow
+def test_two_daemons_on_one_database_send_each_alert_once(
+        tmp_path: Path, db_url: str, receiver: ScriptedWebhook) -> None:
+    receiver.default = Reply(delay=0.2)  # slow enough that both daemons are mid-cycle
+    feeds = FeedServer().start()
+    config = _daemon_config(tmp_path, db_url, feeds, receiver, items=8)
+    daemons = [_daemon(config, tmp_path / f"daemon{n}.log") for n in range(2)]
+    try:
+        assert wait_until(lambda: set(_delivery_states(db_url).values()) == {"delivered"}
+                          and len(_delivery_states(db_url)) == 8, timeout=30)
+    finally:
+        for daemon in daemons:
+            daemon.send_signal(signal.SIGTERM)
+        for daemon in daemons:
+            daemon.wait(timeout=15)
+        feeds.stop()
+    ids = receiver.ids()
+    assert sorted(ids) == sorted(_delivery_states(db_url))  # each exactly once
 
 
 @pytest.mark.slow
@@ -76,18 +116,7 @@ def _delivery_states(db_url: str) -> dict[str, str]:
 def test_sigkill_mid_delivery_loses_nothing_and_repeats_at_most_once(
         tmp_path: Path, db_url: str, receiver: ScriptedWebhook, point: str) -> None:
     feeds = FeedServer().start()
-    items = [{"title": f"نشست سازمان همکاری اسلامی شماره {n}", "guid": f"g{n}",
-              "link": f"https://news.example.ir/{n}", "description": f"خبر {n}"}
-             for n in range(3)]
-    config = write_config(
-        tmp_path / "monitor.yaml", db_url,
-        database={"url": db_url, "lease_seconds": 2},
-        scheduler={"tick": 0.2, "delivery_interval": 0.2, "shutdown_grace": 3},
-        feeds=[{"name": "agency", "url": feeds.set_feed("/f.xml", rss(items)),
-                "interval": 60}],
-        watches=[{"name": "oic", "any": ["سازمان همکاری اسلامی"], "channels": ["hook"]}],
-        channels=[{"name": "hook", "type": "webhook", "url": receiver.url("/hook"),
-                   "timeout": 2}])
+    config = _daemon_config(tmp_path, db_url, feeds, receiver, items=3)
     log = tmp_path / "daemon.log"
     daemon = _daemon(config, log, pause=f"{point}=60")
     try:

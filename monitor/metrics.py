@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from monitor.retention import OPEN_DELIVERY_STATES
 from monitor.store.models import Article, Delivery, Feed, Story
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 disable_created_metrics()
 
 FETCH_RESULTS = ("stored", "not_modified", "unchanged", "error")
-OPEN_DELIVERY_STATES = ("pending", "delivering", "failed")
 
 FETCHES = Counter("monitor_fetches", "Feed fetches, by result", ["result"], registry=None)
 FETCH_SECONDS = Histogram("monitor_fetch_duration_seconds", "Time to fetch one feed",
@@ -51,6 +51,9 @@ LAST_CYCLE = Gauge("monitor_last_cycle_timestamp_seconds",
                    "Unix time the last poll cycle completed", registry=None)
 CYCLE_SECONDS = Gauge("monitor_last_cycle_duration_seconds",
                       "How long the last poll cycle took", registry=None)
+# Also in the default registry, where the delivery tests read it.
+DEAD_LETTERS = Counter("monitor_alert_dead_letters", "Deliveries given up on, by channel",
+                       ["channel"])
 PRUNED = Counter("monitor_pruned_rows", "Rows removed by retention, by table", ["table"],
                  registry=None)
 
@@ -58,7 +61,7 @@ for _result in FETCH_RESULTS:
     FETCHES.labels(_result)  # a series at 0 from the start makes rate() work at once
 
 _MODULE_METRICS = (FETCHES, FETCH_SECONDS, ITEMS_STORED, DUPLICATES, MATCHES, DELIVERIES,
-                   LAST_CYCLE, CYCLE_SECONDS, PRUNED)
+                   LAST_CYCLE, CYCLE_SECONDS, DEAD_LETTERS, PRUNED)
 
 
 def record_refresh(outcome: RefreshOutcome) -> None:

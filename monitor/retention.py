@@ -1,7 +1,7 @@
 """Retention: remove old rows without losing anything the daemon still needs.
 
 Kept always: baseline articles and their stories; alerts with a delivery still open
-(pending, delivering, failed) and the articles and stories they point to; and what
+(held, pending, delivering, failed) and the articles and stories they point to; and what
 deduplication needs — an article a feed still carries (its entry was in the feed's latest
 parsed document, or was seen within the articles window) stays, so a feed that keeps an old
 item for months never re-alerts it.
@@ -25,7 +25,8 @@ from monitor.config import RetentionConfig
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
 
-OPEN_DELIVERY_STATES = ("pending", "delivering", "failed")
+# Deliveries still to be sent: held for a digest, queued, being sent, waiting for a retry.
+OPEN_DELIVERY_STATES = ("held", "pending", "delivering", "failed")
 _CHUNK = 1000
 
 

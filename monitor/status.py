@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from monitor.alerts.outbox import state_counts, stopped_channels
 from monitor.config import Config, Secrets, channel_missing_secrets
 from monitor.store.models import Alert, Delivery, Feed, FeedEntry
 
@@ -48,7 +49,10 @@ class WatchStatus:
 class ChannelStatus:
     name: str
     type: str
-    status: str  # active, disabled, inactive (set VAR), not configured
+    # active, disabled, inactive (set VAR), not configured, or what the daemon decided at
+    # run time: paused (SMTP 535) or disabled (webhook 410), with the reason
+    status: str
+    held: int  # waiting for a digest, quiet hours or the rate limit
     pending: int
     failed: int
     dead: int
@@ -103,11 +107,8 @@ def collect(session: Session, config: Config, secrets: Secrets, now: datetime) -
     watches = [WatchStatus(w.name, recent.get(w.name, 0), last.get(w.name))
                for w in config.watches]
 
-    counts: dict[str, dict[str, int]] = {}
-    for channel, state, count in session.execute(
-            select(Delivery.channel, Delivery.state, func.count())
-            .group_by(Delivery.channel, Delivery.state)):
-        counts.setdefault(channel, {})[state] = count
+    counts = state_counts(session)
+    stopped = stopped_channels(session)
     delivered = dict(session.execute(
         select(Delivery.channel, func.count()).where(Delivery.delivered_at >= since)
         .group_by(Delivery.channel)).all())
@@ -117,9 +118,11 @@ def collect(session: Session, config: Config, secrets: Secrets, now: datetime) -
 
     def channel_status(name: str, kind: str, status: str) -> ChannelStatus:
         c = counts.get(name, {})
-        return ChannelStatus(name, kind, status, c.get("pending", 0) + c.get("delivering", 0),
-                             c.get("failed", 0), c.get("dead", 0), delivered.get(name, 0),
-                             last_success.get(name))
+        if name in stopped and status == "active":
+            status = f"{stopped[name].state}: {stopped[name].reason or 'no reason recorded'}"
+        return ChannelStatus(name, kind, status, c.get("held", 0),
+                             c.get("pending", 0) + c.get("delivering", 0), c.get("failed", 0),
+                             c.get("dead", 0), delivered.get(name, 0), last_success.get(name))
 
     channels = []
     for channel in config.channels:
@@ -199,7 +202,8 @@ def render(status: Status) -> str:
                   str(f.items_24h), relative(f.next_check, now)] for f in status.feeds]
     watch_rows = [[w.name, str(w.alerts_24h), relative(w.last_alert, now)]
                   for w in status.watches]
-    channel_rows = [[c.name, c.type, c.status, str(c.pending), str(c.failed), str(c.dead),
+    channel_rows = [[c.name, c.type, truncate(c.status, MAX_ERROR_WIDTH), str(c.held),
+                     str(c.pending), str(c.failed), str(c.dead),
                      str(c.delivered_24h), relative(c.last_success, now)]
                     for c in status.channels]
     sections = [
@@ -207,7 +211,7 @@ def render(status: Status) -> str:
          ["name", "state", "last success", "last error", "items 24h", "next check"], feed_rows),
         (f"watches ({len(status.watches)})", ["name", "alerts 24h", "last alert"], watch_rows),
         (f"channels ({len(status.channels)})",
-         ["name", "type", "status", "pending", "failed", "dead", "delivered 24h",
+         ["name", "type", "status", "held", "pending", "failed", "dead", "delivered 24h",
           "last success"], channel_rows),
     ]
     out = [f"monitor status at {now:%Y-%m-%d %H:%M:%S} UTC"]

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from monitor.alerts.outbox import set_channel_state
 from monitor.cli import main
 from monitor.status import FSI, PDI, display_width, is_rtl, table
+from monitor.store.database import Database
 from tests.conftest import write_config
 from tests.servers import FeedServer, WebhookReceiver, rss
 from tests.test_end_to_end import MATCHING, NOT_MATCHING
@@ -38,7 +40,7 @@ def test_status_json_after_polls_with_a_good_and_a_failing_feed(
                  {"name": "quiet", "any": ["never-mentioned"], "channels": ["hook"]}],
         channels=[{"name": "hook", "type": "webhook", "url": webhook_receiver.url("/hook")},
                   {"name": "mail", "type": "email", "host": "127.0.0.1", "port": 1,
-                   "from": "m@example.org", "to": ["d@example.org"],
+                   "starttls": True, "from": "m@example.org", "to": ["d@example.org"],
                    "username_env": "STATUS_TEST_UNSET_USER",
                    "password_env": "STATUS_TEST_UNSET_PASSWORD"}])
     started = datetime.now(UTC)
@@ -71,6 +73,15 @@ def test_status_json_after_polls_with_a_good_and_a_failing_feed(
     text = _run(config, "status")
     assert f"{FSI}{GOOD}{PDI}" in text
     assert "failing" in text and "HTTP 503" in text
+
+    # What the daemon decided at run time shows too: a channel it paused, and why.
+    db = Database(db_url)
+    with db.session() as session:
+        set_channel_state(session, "hook", "paused", "SMTP 535 bad credentials",
+                          datetime.now(UTC))
+    db.dispose()
+    channels = {c["name"]: c for c in json.loads(_run(config, "status", "--json"))["channels"]}
+    assert channels["hook"]["status"] == "paused: SMTP 535 bad credentials"
 
 
 def _columns(line: str, cells: list[str]) -> list[int]:

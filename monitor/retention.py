@@ -35,10 +35,6 @@ class PruneReport:
     removed: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
 
-    @property
-    def total(self) -> int:
-        return sum(self.removed.values())
-
     def describe(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         parts = ", ".join(f"{n} {table}" for table, n in self.removed.items())

@@ -150,12 +150,13 @@ def display_width(text: str) -> int:
     return width
 
 
-def is_rtl(text: str) -> bool:
+def has_rtl(text: str) -> bool:
+    """Any right-to-left letter: a mixed cell needs isolating as much as a Persian one."""
     return any(unicodedata.bidirectional(c) in ("R", "AL") for c in text)
 
 
 def isolate(text: str) -> str:
-    return f"{FSI}{text}{PDI}" if is_rtl(text) else text
+    return f"{FSI}{text}{PDI}" if has_rtl(text) else text
 
 
 def truncate(text: str, width: int) -> str:

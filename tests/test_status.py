@@ -12,7 +12,7 @@ import pytest
 
 from monitor.alerts.outbox import set_channel_state
 from monitor.cli import main
-from monitor.status import FSI, PDI, display_width, is_rtl, table
+from monitor.status import FSI, PDI, display_width, isolate, table
 from monitor.store.database import Database
 from tests.conftest import write_config
 from tests.servers import FeedServer, WebhookReceiver, rss
@@ -104,7 +104,7 @@ def test_table_columns_stay_aligned_with_persian_cells() -> None:
         ["新闻", "ok", "-", "1"],  # wide letters take two columns
     ]
     lines = table(headers, rows)
-    rendered = [[f"{FSI}{c}{PDI}" if is_rtl(c) else c for c in row] for row in [headers, *rows]]
+    rendered = [[isolate(c) for c in row] for row in [headers, *rows]]
     expected = _columns(lines[0], headers)
     for line, cells in zip(lines, rendered, strict=True):
         assert _columns(line, cells) == expected, line

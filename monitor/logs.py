@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 from collections.abc import Iterable
@@ -22,9 +21,9 @@ REDACTED = "[redacted]"
 # Shorter values would blank out ordinary words and numbers all over the log.
 MIN_SECRET_LENGTH = 4
 
-# Lines about a feed or channel start "feed NAME: ..." / "channel NAME ..."; JSON lines
-# carry the name as a field too so log pipelines can filter on it.
-_SUBJECT = re.compile(r"^(feed|channel) ([^\s:]+)")
+# Lines about a feed or channel are logged as "feed %s: ..." / "channel %s ..." with the
+# name as the first argument; JSON lines carry it as a field too, for log pipelines.
+_SUBJECTS = ("feed", "channel")
 
 
 class Redactor:
@@ -59,6 +58,15 @@ def add_secrets(values: Iterable[str]) -> None:
     REDACTOR.add_secrets(values)
 
 
+def subject_of(record: logging.LogRecord) -> tuple[str, str] | None:
+    """("feed", name) for a line logged as ``"feed %s: ..."`` (likewise channel)."""
+    kind = str(record.msg).split(" ", 1)[0]
+    if (kind in _SUBJECTS and str(record.msg).startswith(f"{kind} %s")
+            and isinstance(record.args, tuple) and record.args):
+        return kind, str(record.args[0])
+    return None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -68,8 +76,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": message,
         }
-        if subject := _SUBJECT.match(message):
-            data[subject.group(1)] = subject.group(2)
+        subject = getattr(record, "subject", None) or subject_of(record)
+        if subject:
+            data[subject[0]] = subject[1]
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -88,6 +97,7 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord(record.__dict__)  # other handlers keep the original
+        record.subject = subject_of(record)  # a name, never a secret
         record.msg, record.args = self.redact(record.getMessage()), None
         if record.exc_info:
             record.exc_text = self.redact(self.inner.formatException(record.exc_info))

@@ -175,3 +175,14 @@ def test_the_database_password_counts_as_a_secret() -> None:
                                          "secret_env": "HOOK_SECRET"}]}, env=env)
     assert sorted(secret_values(config, load_secrets(config, env))) == sorted(
         [WEBHOOK_SECRET, "s3cret-pg-pw"])
+
+
+def test_json_lines_name_the_feed_even_with_spaces_in_it() -> None:
+    logger, stream = _logger(JsonFormatter(), [])
+    logger.warning("feed %s: HTTP 503 (%s)", "خبرگزاری ایرنا", "http://127.0.0.1/rss")
+    logger.warning("channel %s is %s: %s", "desk mail", "paused", "SMTP 535")
+    logger.info("monitor running")
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["feed"] == "خبرگزاری ایرنا"
+    assert second["channel"] == "desk mail"
+    assert "feed" not in third and "channel" not in third

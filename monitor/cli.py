@@ -139,11 +139,46 @@ def cmd_export(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_stories(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.store.queries import recent_stories
+
+    db = Database(config.database.url)
+    db.migrate()
+    with db.session() as session:
+        stories = recent_stories(session, args.limit)
+    if args.json:
+        for story in stories:
+            out.write(json.dumps(_story_row(story), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    for story in stories:
+        flag = " (baseline)" if story.baseline else ""
+        out.write(f"story {story.id}{flag}: {story.title}\n"
+                  f"  {len(story.articles)} article(s) from {', '.join(story.sources)}; "
+                  f"updated {story.updated_at:%Y-%m-%d %H:%M} UTC\n")
+        for a in story.articles:
+            out.write(f"  - [{a.origin}] {a.title}" + (f" <{a.link}>" if a.link else "") + "\n")
+    if not stories:
+        out.write("no stories yet\n")
+    return EXIT_OK
+
+
+def _story_row(story) -> dict:
+    return {
+        "id": story.id, "title": story.title, "baseline": story.baseline,
+        "created": story.created_at.isoformat(), "updated": story.updated_at.isoformat(),
+        "sources": story.sources,
+        "articles": [{"id": a.id, "feed": a.origin, "title": a.title, "link": a.link,
+                      "fetched": a.fetched.isoformat(),
+                      "watches": [m["watch"] for m in a.matches]} for a in story.articles],
+    }
+
+
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], str]] = {
     "run": (cmd_run, "run the daemon in the foreground"),
     "poll": (cmd_poll, "poll every feed once, deliver the resulting alerts, exit"),
     "check-config": (cmd_check_config, "validate the configuration and print a summary"),
     "export": (cmd_export, "print every stored article as JSON lines"),
+    "stories": (cmd_stories, "list recent stories with their articles and sources"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
 }
@@ -157,8 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default=os.environ.get("MONITOR_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+    commands = {name: sub.add_parser(name, help=help_text, description=help_text)
+                for name, (_, help_text) in COMMANDS.items()}
+    commands["stories"].add_argument("--limit", type=int, default=20,
+                                     help="how many stories, newest first (default: 20)")
+    commands["stories"].add_argument("--json", action="store_true",
+                                     help="one JSON object per story and line")
     return parser
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from monitor.alerts.message import AlertMessage, ArticleView, DeliveryResult
 from monitor.store.models import Alert, Article, Delivery
+from monitor.store.queries import story_sources
 
 # Seconds before attempt n+1; after the last one the delivery is dead-lettered.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000)
@@ -38,7 +39,9 @@ class RetryPolicy:
         return max(delay, retry_after or 0.0)
 
 
-def _message(delivery: Delivery) -> AlertMessage:
+def _message(delivery: Delivery, sources: Sequence[str]) -> AlertMessage:
+    """`sources` are the story's sources as of now: an email sent later names the copies
+    that arrived since the first alert."""
     alert: Alert = delivery.alert
     article: Article = alert.article
     return AlertMessage(
@@ -54,6 +57,7 @@ def _message(delivery: Delivery) -> AlertMessage:
         created_at=alert.created_at,
         story_id=alert.story_id,
         attempt=delivery.attempts,
+        other_sources=tuple(s for s in sources if s != article.origin),
     )
 
 
@@ -83,7 +87,14 @@ def claim_deliveries(session: Session, owner: str, channels: Iterable[str], now:
     loaded = session.scalars(
         select(Delivery).where(Delivery.id.in_(ids))
         .options(joinedload(Delivery.alert).joinedload(Alert.article))).unique()
-    return sorted((_message(d) for d in loaded), key=lambda m: ids.index(m.delivery_id))
+    sources: dict[int, list[str]] = {}
+    messages = []
+    for delivery in loaded:
+        story_id = delivery.alert.story_id
+        if story_id not in sources:
+            sources[story_id] = story_sources(session, story_id)
+        messages.append(_message(delivery, sources[story_id]))
+    return sorted(messages, key=lambda m: ids.index(m.delivery_id))
 
 
 def record_result(session: Session, delivery_id: int, owner: str, result: DeliveryResult,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,6 +16,9 @@ from monitor.articles import Candidate
 from monitor.config import FeedConfig
 from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
 from monitor.stories import DEFAULT_RULES, Sketch, StoryRules
+
+# Any constant; the same in every monitor process ("stories" in ASCII).
+_STORY_LOCK_KEY = 0x73746F72696573
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def store_candidates(
     watch, and never in a baseline story.
     """
     result = StoreResult()
+    locked = False
     for candidate in candidates:
         entry = candidate.entry
         if feed_id is not None and session.scalar(
@@ -133,6 +137,9 @@ def store_candidates(
             continue
         article = _same_article(session, candidate, origin)
         if article is None:
+            if not locked:
+                _lock_stories(session)
+                locked = True
             try:
                 with session.begin_nested():
                     article = _insert_article(session, feed_id, origin, candidate, now,
@@ -154,6 +161,14 @@ def store_candidates(
                                   article_id=article.id, first_seen=now))
     session.flush()
     return result
+
+
+def _lock_stories(session: Session) -> None:
+    """Take turns assigning stories: two feeds refreshed at once that carry copies of one
+    story must not each start it (and each alert). SQLite's write lock already serializes
+    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
 
 
 def _insert_article(session: Session, feed_id: int | None, origin: str, candidate: Candidate,

@@ -29,7 +29,7 @@ from monitor.seed import read_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 FARS = ROOT.parent / "shared" / "testdata" / "fars-news"
-THRESHOLDS = [round(0.20 + 0.025 * i, 3) for i in range(21)]
+THRESHOLDS = [round(0.40 + 0.05 * i, 2) for i in range(11)]
 
 
 @dataclass(frozen=True)
@@ -199,11 +199,16 @@ def evaluate(items: list[Item], thresholds: list[float] = THRESHOLDS) -> dict[fl
 
 
 def main() -> None:
+    """A Markdown table: the whole set, and the hand-written meeting stories alone."""
     items = labelled_set()
-    print(f"{len(items)} items, {len({i.story for i in items})} stories")
+    print(f"{len(items)} items, {len({i.story for i in items})} stories; "
+          f"{len(hand_items())} hand-written items in {len(STORIES)} stories\n")
+    print("| threshold | precision | recall | F1 | meeting stories: precision / recall |")
+    print("|---|---|---|---|---|")
+    hand = evaluate(hand_items())
     for t, r in evaluate(items).items():
-        print(f"threshold {t:.3f}: precision {r['precision']:.4f} recall {r['recall']:.4f} "
-              f"F1 {r['f1']:.4f}")
+        print(f"| {t:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
+              f"{hand[t]['precision']:.3f} / {hand[t]['recall']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.stories import DEFAULT_THRESHOLD
+
 DEFAULT_CONFIG_PATH = "config/monitor.yaml"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -180,9 +182,9 @@ class StoriesConfig(_Strict):
     # A new article joins a story only through an article stored within this window
     # (baseline stories are always eligible).
     window: Duration = 3 * 86400.0
-    # The share of the shorter lead's shingles the other must contain; 0.70 was chosen by
-    # measurement (README, "Stories").
-    threshold: float = Field(0.70, gt=0, le=1)
+    # The share of the shorter lead's shingles the other must contain; the default was
+    # chosen by measurement (README, "Stories").
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
 
 
 class SeedConfig(_Strict):

@@ -85,10 +85,11 @@ def test_three_agencies_one_story_one_alert_per_watch(
     # Two stories (opening, closing), each alerting once per watch.
     payloads = [Webhook(WEBHOOK_SECRET).verify(p.body, p.headers)["data"]
                 for p in webhook_receiver.posts]
-    assert sorted(p["article"]["title"] for p in payloads) == sorted(
-        [CLOSING["title"], payloads[0]["article"]["title"]])
-    assert len(smtp_server.messages) == 2
-    opening = next(p for p in payloads if p["article"]["title"] != CLOSING["title"])
+    assert len(payloads) == 2 and len(smtp_server.messages) == 2
+    [closing] = [p for p in payloads if p["article"]["title"] == CLOSING["title"]]
+    [opening] = [p for p in payloads if p is not closing]
+    assert closing["article"]["story"] != opening["article"]["story"]
+    assert closing["other_sources"] == []
     # The copies were stored before the alert was sent, so it names them.
     assert len(opening["other_sources"]) == 2
     assert {opening["article"]["feed"], *opening["other_sources"]} == {"irna", "isna", "mehr"}

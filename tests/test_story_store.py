@@ -175,3 +175,40 @@ def test_sketches_survive_a_restart_and_seeding_twice_adds_nothing(db_url: str) 
     assert again.stories()["irna"] == again.stories()["seed:test.txt"]
     assert again.alerts() == []
     again.db.dispose()
+
+
+def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
+    """A database from before story sketches: its baseline and recent articles get band
+    keys when 0104 runs, so a copy of them is still recognised."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from monitor.store.database import _migrations_dir
+
+    db = Database(db_url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    with db.engine.connect() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")
+        connection.commit()
+    now = datetime.now(UTC)
+    with db.engine.begin() as connection:
+        story_id = connection.scalar(text(
+            "INSERT INTO stories (title, baseline, created_at, updated_at) "
+            "VALUES ('', true, :t, :t) RETURNING id"), {"t": now})
+        connection.execute(text(
+            "INSERT INTO articles (origin, story_id, fingerprint, title, summary, content,"
+            " match_key, matches, baseline, fetched) VALUES ('seed:old.txt', :story, 'f',"
+            " :title, :summary, '', '', '[]', true, :t)"),
+            {"story": story_id, "title": CLOSING_TITLE, "summary": CLOSING_SUMMARY,
+             "t": now - timedelta(days=400)})
+    db.migrate()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ArticleBand)) > 0
+    db.dispose()
+    store = Store(db_url)
+    store.add("irna", [_entry("1", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY)])
+    assert store.stories()["irna"] == story_id and store.alerts() == []
+    store.db.dispose()

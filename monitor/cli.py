@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -25,6 +25,9 @@ from monitor.config import (
 from monitor.logs import setup_logging
 from monitor.seed import SeedError
 from monitor.store.database import Database, DatabaseError
+
+if TYPE_CHECKING:
+    from monitor.store.queries import StoryView
 
 log = logging.getLogger("monitor")
 
@@ -162,7 +165,7 @@ def cmd_stories(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _story_row(story) -> dict:
+def _story_row(story: StoryView) -> dict[str, object]:
     return {
         "id": story.id, "title": story.title, "baseline": story.baseline,
         "created": story.created_at.isoformat(), "updated": story.updated_at.isoformat(),

@@ -37,12 +37,19 @@ ROWS = 3
 DEFAULT_THRESHOLD = 0.75
 
 _PRIME = (1 << 61) - 1
-_MASK = (1 << 64) - 1
-# Fixed seeds: band keys are stored, so the permutations must be the same in every process
-# and every release that reads the same database.
-_rng = np.random.default_rng(0x5709)
-_A = _rng.integers(1, _PRIME, size=BANDS * ROWS, dtype=np.uint64)
-_B = _rng.integers(0, _PRIME, size=BANDS * ROWS, dtype=np.uint64)
+
+
+def _coefficients(name: bytes) -> np.ndarray:
+    # Derived from fixed names, not from a random generator whose stream may change between
+    # numpy releases: band keys are stored, so every process and release must compute the
+    # same ones for the same text.
+    return np.array([int.from_bytes(hashlib.blake2b(name + i.to_bytes(2, "big"),
+                                                    digest_size=8).digest(), "big")
+                     % (_PRIME - 1) + 1 for i in range(BANDS * ROWS)], dtype=np.uint64)
+
+
+_A = _coefficients(b"monitor.stories.a")
+_B = _coefficients(b"monitor.stories.b")
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def band_keys(shingle_set: frozenset[int]) -> tuple[int, ...]:
     signature = hashed.min(axis=0)
     keys = []
     for band in range(BANDS):
-        chunk = signature[band * ROWS:(band + 1) * ROWS].tobytes()
+        chunk = signature[band * ROWS:(band + 1) * ROWS].astype("<u8").tobytes()
         digest = hashlib.blake2b(bytes([band]) + chunk, digest_size=8).digest()
         keys.append(int.from_bytes(digest, "big", signed=True))
     return tuple(keys)

@@ -212,3 +212,16 @@ def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
     store.add("irna", [_entry("1", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY)])
     assert store.stories()["irna"] == story_id and store.alerts() == []
     store.db.dispose()
+
+
+def test_the_same_text_at_another_link_is_a_copy_in_the_same_story(db_url: str) -> None:
+    store = Store(db_url)
+    result = store.add("irna", [_entry("1", TITLE, SUMMARY, "https://irna.ir/n/1"),
+                                _entry("2", TITLE, SUMMARY, "https://irna.ir/n/2")])
+    assert (result.new_articles, result.alerts) == (2, 2)
+    # Without a link, the same text from the same feed can only be the same article.
+    again = store.add("irna", [_entry("3", TITLE, SUMMARY)])
+    assert (again.new_articles, again.duplicates) == (0, 1)
+    with store.db.session() as s:
+        assert len(set(s.scalars(select(Article.story_id)))) == 1
+    store.db.dispose()

@@ -94,14 +94,12 @@ def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: d
 
 def _same_article(session: Session, candidate: Candidate, origin: str) -> Article | None:
     """The stored article this item is: the one at its canonical link, whichever feed has
-    it, or the one with the same text from the same origin (a feed that changed the GUID,
-    a seed file loaded again). The same text from elsewhere is a copy: a new article of
+    it; for an item without a link (a seed, a link-less feed entry), the one with the same
+    text from the same origin. The same text at another link is a copy: a new article of
     the same story."""
     if candidate.canonical_link:
-        found = session.scalar(
+        return session.scalar(
             select(Article).where(Article.canonical_link == candidate.canonical_link))
-        if found is not None:
-            return found
     return session.scalar(
         select(Article).where(Article.fingerprint == candidate.fingerprint,
                               Article.origin == origin).order_by(Article.id).limit(1))

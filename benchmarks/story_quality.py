@@ -149,29 +149,29 @@ def labelled_set(folder: Path = FARS) -> list[Item]:
 
 # --- clustering and scoring ----------------------------------------------------------------
 
-def candidate_scores(items: list[Item]) -> list[list[tuple[int, float]]]:
-    """For each item, (earlier item, similarity) for the earlier items sharing a band key:
-    what the database lookup returns, scored exactly."""
+Candidates = list[list[tuple[int, frozenset[int]]]]
+
+
+def candidates(items: list[Item]) -> Candidates:
+    """For each item, the earlier items sharing a band key with it (what the database lookup
+    returns), with their shingles."""
     index: dict[int, list[int]] = defaultdict(list)
     sketches = [stories.sketch(i.title, i.summary, i.content) for i in items]
-    scores = []
+    found = []
     for n, sketch in enumerate(sketches):
-        found = {m for key in sketch.bands for m in index.get(key, ())}
-        scores.append([(m, stories.similarity(sketch.shingles, sketches[m].shingles))
-                       for m in sorted(found)])
+        earlier = sorted({m for key in sketch.bands for m in index.get(key, ())})
+        found.append([(m, sketches[m].shingles) for m in earlier])
         for key in sketch.bands:
             index[key].append(n)
-    return scores
+    return found
 
 
-def cluster(scores: list[list[tuple[int, float]]], threshold: float) -> list[int]:
-    """The story (index of its first item) of each item, as the store assigns it."""
+def cluster(items: list[Item], found: Candidates, threshold: float) -> list[int]:
+    """The story (index of its first item) of each item, decided as the store decides."""
     assigned: list[int] = []
-    for candidates in scores:
-        best = None
-        for m, score in candidates:
-            if score >= threshold and (best is None or score > best[1]):
-                best = (m, score)
+    for item, earlier in zip(items, found, strict=True):
+        new = stories.sketch(item.title, item.summary, item.content).shingles
+        best = stories.closest(new, earlier, threshold)
         assigned.append(assigned[best[0]] if best else len(assigned))
     return assigned
 
@@ -193,9 +193,9 @@ def pairwise(gold: list[str], predicted: list[int]) -> dict[str, float]:
 
 
 def evaluate(items: list[Item], thresholds: list[float] = THRESHOLDS) -> dict[float, dict]:
-    scores = candidate_scores(items)
+    found = candidates(items)
     gold = [i.story for i in items]
-    return {t: pairwise(gold, cluster(scores, t)) for t in thresholds}
+    return {t: pairwise(gold, cluster(items, found, t)) for t in thresholds}
 
 
 def main() -> None:

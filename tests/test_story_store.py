@@ -225,3 +225,17 @@ def test_the_same_text_at_another_link_is_a_copy_in_the_same_story(db_url: str) 
     with store.db.session() as s:
         assert len(set(s.scalars(select(Article.story_id)))) == 1
     store.db.dispose()
+
+
+def test_the_same_text_days_later_is_a_new_story(db_url: str) -> None:
+    """A headline that recurs (a daily digest) is not glued to last week's story."""
+    store = Store(db_url)
+    digest = "مهم‌ترین عناوین روزنامه‌های صبح امروز درباره سازمان همکاری اسلامی"
+    store.add("irna", [_entry("1", digest, "", "https://irna.ir/d/1")])
+    store.add("irna", [_entry("2", digest, "", "https://irna.ir/d/2")], T0 + timedelta(hours=2))
+    store.add("irna", [_entry("3", digest, "", "https://irna.ir/d/3")], T0 + timedelta(days=7))
+    with store.db.session() as s:
+        stories = [a.story_id for a in s.scalars(select(Article).order_by(Article.id))]
+    assert stories[0] == stories[1] != stories[2]
+    assert [a[2] for a in store.alerts()] == ["irna", "irna"]
+    store.db.dispose()

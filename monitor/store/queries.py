@@ -193,10 +193,13 @@ def _insert_article(session: Session, feed_id: int | None, origin: str, candidat
 
 def _story_for(session: Session, candidate: Candidate, now: datetime, baseline: bool,
                rules: StoryRules) -> Story:
-    """The story a new article belongs to: that of a stored article with the same text (at
-    any age), else that of the most similar recent or baseline article, else a new one."""
+    """The story a new article belongs to: that of a recent or baseline article with the
+    same text, else that of the most similar one, else a new one. Old articles are left
+    alone even with the same text: a headline-only item that recurs daily is news daily."""
     story_id = session.scalar(
-        select(Article.story_id).where(Article.fingerprint == candidate.fingerprint)
+        select(Article.story_id).where(
+            Article.fingerprint == candidate.fingerprint,
+            or_(Article.baseline.is_(True), Article.fetched >= now - rules.window))
         .order_by(Article.id).limit(1))
     if story_id is None:
         story_id = find_similar_story(session, candidate.sketch, now, rules)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from monitor.alerts.outbox import claim_deliveries
+from monitor.alerts.outbox import claim_messages, pace_channel
 from monitor.articles import prepare
-from monitor.config import FeedConfig, WatchConfig
+from monitor.config import FeedConfig, LogChannelConfig, WatchConfig
 from monitor.parse import Entry
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, ArticleBand, Feed
@@ -147,17 +147,33 @@ def test_window_limits_joining_but_not_the_baseline(db_url: str) -> None:
 
 def test_sources_are_read_when_the_alert_is_sent(db_url: str) -> None:
     store = Store(db_url)
+    immediate = LogChannelConfig(name="c", type="log")
     store.add("irna", [_entry("1", TITLE, SUMMARY)])
     with store.db.session() as s:
-        first = claim_deliveries(s, "me", ["c"], T0, timedelta(hours=1), limit=1)
+        pace_channel(s, immediate, T0)
+        first = claim_messages(s, "me", ["c"], T0, timedelta(hours=1), limit=1)
     assert first[0].other_sources == ()
     store.add("isna", [_entry("2", COPY_TITLE, COPY_SUMMARY)], T0 + timedelta(minutes=1))
     store.add("mehr", [_entry("3", COPY_TITLE, SUMMARY)], T0 + timedelta(minutes=2))
     with store.db.session() as s:  # the next alert (the same story's second watch)
-        [later] = claim_deliveries(s, "me", ["c"], T0 + timedelta(minutes=3),
-                                   timedelta(minutes=1))
+        [later] = claim_messages(s, "me", ["c"], T0 + timedelta(minutes=3),
+                                 timedelta(minutes=1))
     assert later.article.feed == "irna"
     assert later.other_sources == ("isna", "mehr")
+    store.db.dispose()
+
+
+def test_a_digest_names_the_copies_that_arrived_while_it_waited(db_url: str) -> None:
+    store = Store(db_url)
+    digest = LogChannelConfig(name="c", type="log", mode="digest", digest={"every": "1h"})
+    store.add("irna", [_entry("1", TITLE, SUMMARY)])
+    with store.db.session() as s:
+        pace_channel(s, digest, T0)  # held for the digest
+    store.add("isna", [_entry("2", COPY_TITLE, COPY_SUMMARY)], T0 + timedelta(minutes=1))
+    with store.db.session() as s:
+        pace_channel(s, digest, T0 + timedelta(hours=2))
+        [sent] = claim_messages(s, "me", ["c"], T0 + timedelta(hours=2), timedelta(minutes=1))
+    assert [a.other_sources for a in sent.alerts] == [("isna",), ("isna",)]
     store.db.dispose()
 
 

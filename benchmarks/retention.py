@@ -5,7 +5,7 @@
 Stores 200 feeds x 500 articles spread evenly over 400 days (every tenth with an alert,
 half of those delivered, half still failing), then prunes with the default policy (articles
 180 days, delivered alerts 90 days) and writes the figures to
-benchmarks/retention-results.json. The longest transaction is what a daemon sharing a
+benchmarks/results/retention.json. The longest transaction is what a daemon sharing a
 SQLite file may have to wait for.
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from monitor.config import RetentionConfig
+from monitor.config import Config
 from monitor.retention import apply_policy
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, Feed, FeedEntry, Story
 
 FEEDS, PER_FEED, SPAN_DAYS = 200, 500, 400
-RESULTS = Path(__file__).with_name("retention-results.json")
+RESULTS = Path(__file__).parent / "results" / "retention.json"
 
 
 def populate(db: Database, now: datetime) -> int:
@@ -82,7 +82,7 @@ def main() -> None:
             durations.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        removed = apply_policy(timed, RetentionConfig(), now)
+        removed = apply_policy(timed, Config(), now)
         total = time.perf_counter() - started
         db.dispose()
     result = {"backend": url.split(":", 1)[0], "articles": articles, "removed": removed,

@@ -7,8 +7,10 @@ parsed document, or was seen within the articles window) stays, so a feed that k
 item for months never re-alerts it.
 
 Removed: alerts older than `delivered_alerts` whose deliveries are all finished (delivered
-or dead), with their deliveries; then articles older than `articles` that nothing above
-protects, with their feed entries; then stories left with no articles and no alerts.
+or dead) and whose story has had no article within the stories window (an alert is how a
+story remembers it was announced), with their deliveries; then articles older than
+`articles` that nothing above protects, with their feed entries (and story band keys); then
+stories left with no articles and no alerts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.orm import Session
 
-from monitor.config import RetentionConfig
+from monitor.config import Config
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
 
@@ -50,28 +52,27 @@ class _Rollback(Exception):
 Transaction = Callable[[], AbstractContextManager[Session]]
 
 
-def prune(db: Database, policy: RetentionConfig, now: datetime,
-          dry_run: bool = False) -> PruneReport:
+def prune(db: Database, config: Config, now: datetime, dry_run: bool = False) -> PruneReport:
     """Apply the policy. A real run commits in batches, so a daemon sharing a SQLite file
     never waits long for the write lock; a dry run makes the same deletes in one
     transaction and rolls it back, so its counts are exactly what a real run removes."""
     if not dry_run:
-        return PruneReport(apply_policy(db.session, policy, now))
+        return PruneReport(apply_policy(db.session, config, now))
     try:
         with db.session() as session:
-            raise _Rollback(apply_policy(lambda: nullcontext(session), policy, now))
+            raise _Rollback(apply_policy(lambda: nullcontext(session), config, now))
     except _Rollback as rollback:
         return PruneReport(rollback.removed, dry_run=True)
 
 
-def apply_policy(transaction: Transaction, policy: RetentionConfig,
-                 now: datetime) -> dict[str, int]:
+def apply_policy(transaction: Transaction, config: Config, now: datetime) -> dict[str, int]:
     """The deletes, each step in a `transaction()`; returns the rows removed per table."""
+    policy = config.retention
     removed = {"deliveries": 0, "alerts": 0, "feed_entries": 0, "articles": 0, "stories": 0}
     if policy.delivered_alerts is not None:
         with transaction() as session:
-            alerts = select(Alert.id).where(
-                _finished_alert(now - _span(policy.delivered_alerts)))
+            alerts = select(Alert.id).where(_finished_alert(
+                now - _span(policy.delivered_alerts), now - _span(config.stories.window)))
             removed["deliveries"] = _delete(session, delete(Delivery).where(
                 Delivery.alert_id.in_(alerts)))
             removed["alerts"] = _delete(session, delete(Alert).where(Alert.id.in_(alerts)))
@@ -100,9 +101,14 @@ def _span(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _finished_alert(cutoff: datetime):  # type: ignore[no-untyped-def]
-    return and_(Alert.created_at < cutoff, ~exists().where(
-        Delivery.alert_id == Alert.id, Delivery.state.in_(OPEN_DELIVERY_STATES)))
+def _finished_alert(cutoff: datetime, story_active_since: datetime):  # type: ignore[no-untyped-def]
+    return and_(
+        Alert.created_at < cutoff,
+        ~exists().where(Delivery.alert_id == Alert.id,
+                        Delivery.state.in_(OPEN_DELIVERY_STATES)),
+        ~exists().where(Article.story_id == Alert.story_id,
+                        Article.fetched >= story_active_since),
+    )
 
 
 def _unprotected_article(cutoff: datetime):  # type: ignore[no-untyped-def]

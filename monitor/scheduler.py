@@ -118,8 +118,7 @@ class Daemon:
             return
         try:
             report = await self._tracked(asyncio.to_thread(
-                retention.prune, self.monitor.db, self.monitor.config.retention,
-                datetime.now(UTC)))
+                retention.prune, self.monitor.db, self.monitor.config, datetime.now(UTC)))
         except Exception:
             log.exception("retention: pruning failed; it runs again at the next interval")
             return

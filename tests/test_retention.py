@@ -6,9 +6,11 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from monitor.cli import main
+from monitor.config import ConfigError, parse_config
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
 from tests.conftest import write_config
@@ -137,3 +139,41 @@ def test_retention_null_keeps_everything(tmp_path: Path, sqlite_url: str,
         assert _titles(db) == {PLAIN["title"], CARRIED["title"]}
     finally:
         db.dispose()
+
+
+def test_the_alert_of_a_story_still_running_is_kept(
+    tmp_path: Path, db_url: str, feed_server: FeedServer,
+) -> None:
+    news = feed_server.set_feed("/news.xml", rss([ALERTED, PLAIN]))
+    config = write_config(
+        tmp_path / "monitor.yaml", db_url, feeds=[{"name": "news", "url": news}],
+        watches=[{"name": "oic", "any": ["سازمان همکاری اسلامی"], "channels": ["log"]}],
+        channels=[{"name": "log", "type": "log"}])
+    _run(config, "poll")
+    db = Database(db_url)
+    try:
+        _age_everything(db, days=400)
+
+        def retell(days_ago: int) -> None:
+            """PLAIN tells the alerted story again, `days_ago` days ago."""
+            with db.session() as session:
+                alerted = session.scalar(select(Article).where(
+                    Article.title == ALERTED["title"]))
+                plain = session.scalar(select(Article).where(Article.title == PLAIN["title"]))
+                plain.story_id = alerted.story_id
+                plain.fetched = datetime.now(UTC) - timedelta(days=days_ago)
+
+        retell(days_ago=1)  # inside the 3-day stories window: the story is still running
+        assert "0 alerts" in _run(config, "prune")
+        assert _counts(db)["alerts"] == 1
+        retell(days_ago=10)  # the story went quiet: its old, delivered alert may go
+        assert "1 deliveries, 1 alerts" in _run(config, "prune")
+        assert _counts(db)["alerts"] == 0
+    finally:
+        db.dispose()
+
+
+def test_articles_retention_shorter_than_the_story_window_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"retention.articles: must be at least "
+                                          r"stories.window \(3 days\), got 1 days"):
+        parse_config({"retention": {"articles": "1d"}}, env={})

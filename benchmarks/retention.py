@@ -2,8 +2,9 @@
 
     .venv/bin/python -m benchmarks.retention [DATABASE_URL]   (default: a temporary SQLite)
 
-Stores 200 feeds x 500 articles spread evenly over 400 days (every tenth with an alert,
-half of those delivered, half still failing), then prunes with the default policy (articles
+Stores 200 feeds x 500 articles spread evenly over 400 days, each with 32 story band keys
+(every tenth with an alert, half of those delivered, half still failing; BENCH_FEEDS sets
+the number of feeds), then prunes with the default policy (articles
 180 days, delivered alerts 90 days) and writes the figures to
 benchmarks/results/retention.json. The longest transaction is what a daemon sharing a
 SQLite file may have to wait for.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import random
 import sys
 import tempfile
 import time
@@ -26,15 +29,24 @@ from sqlalchemy.orm import Session
 from monitor.config import Config
 from monitor.retention import apply_policy
 from monitor.store.database import Database
-from monitor.store.models import Alert, Article, Delivery, Feed, FeedEntry, Story
+from monitor.store.models import (
+    Alert,
+    Article,
+    ArticleBand,
+    Delivery,
+    Feed,
+    FeedEntry,
+    Story,
+)
 
-FEEDS, PER_FEED, SPAN_DAYS = 200, 500, 400
+FEEDS, PER_FEED, SPAN_DAYS = int(os.environ.get("BENCH_FEEDS", 200)), 500, 400
+BANDS = 32  # story band keys per article (monitor.stories.BANDS)
 RESULTS = Path(__file__).parent / "results" / "retention.json"
 
 
 def populate(db: Database, now: datetime) -> int:
-    rows: dict[type, list[dict]] = {m: [] for m in (Feed, Story, Article, FeedEntry, Alert,
-                                                     Delivery)}
+    rows: dict[type, list[dict]] = {m: [] for m in (Feed, Story, Article, ArticleBand,
+                                                     FeedEntry, Alert, Delivery)}
     for f in range(1, FEEDS + 1):
         rows[Feed].append({"id": f, "name": f"feed-{f}", "url": f"http://127.0.0.1/{f}",
                            "next_check_at": now, "created_at": now, "state": "ok",
@@ -49,6 +61,8 @@ def populate(db: Database, now: datetime) -> int:
                 "canonical_link": f"http://127.0.0.1/{f}/{e}", "fingerprint": f"{n:040d}",
                 "title": "t", "summary": "", "content": "", "match_key": "", "matches": [],
                 "baseline": False, "fetched": when})
+            rows[ArticleBand].extend({"band": random.getrandbits(63), "article_id": n,
+                                      "baseline": False} for _ in range(BANDS))
             rows[FeedEntry].append({"feed_id": f, "entry_key": f"entry-{e}", "article_id": n,
                                     "first_seen": when, "last_seen": when})
             if e % 10 == 0:

@@ -177,3 +177,17 @@ def test_articles_retention_shorter_than_the_story_window_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"retention.articles: must be at least "
                                           r"stories.window \(3 days\), got 1 days"):
         parse_config({"retention": {"articles": "1d"}}, env={})
+
+
+def test_deleting_an_article_finds_its_band_keys_by_index(db_url: str) -> None:
+    # Without it every article retention deletes scans the whole article_bands table
+    # (README, Retention: 573 s instead of 6.6 s for 20,000 articles on SQLite).
+    from sqlalchemy import inspect
+
+    db = Database(db_url)
+    try:
+        db.migrate()
+        indexes = inspect(db.engine).get_indexes("article_bands")
+        assert any(ix["column_names"] == ["article_id"] for ix in indexes)
+    finally:
+        db.dispose()

@@ -130,7 +130,10 @@ class ArticleBand(Base):
 
     __tablename__ = "article_bands"
     # WITHOUT ROWID on SQLite: the rows live in the primary-key B-tree, stored once.
+    # ix_article_bands_article_id: deleting an article (retention) cascades here; without
+    # it each deleted article scans the whole table.
     __table_args__ = (Index("ix_article_bands_baseline", "baseline", "band"),
+                      Index("ix_article_bands_article_id", "article_id"),
                       {"sqlite_with_rowid": False})
 
     band: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

@@ -29,6 +29,8 @@ from monitor.store.database import Database, DatabaseError
 log = logging.getLogger("monitor")
 
 EXIT_OK, EXIT_CONFIG, EXIT_DATABASE = 0, 2, 3
+EXIT_NO_MATCH = 1  # `explain`, like grep: nothing matched
+EXIT_USAGE = 64
 
 
 def _monitor(config: Config):
@@ -128,6 +130,7 @@ def export_rows(db: Database):
                 "baseline": a.baseline, "story": a.story_id, "language": a.language,
                 "watches": [m["watch"] for m in a.matches],
                 "matched": {m["watch"]: m["terms"] for m in a.matches},
+                "spans": {m["watch"]: m.get("spans", []) for m in a.matches},
             }
 
 
@@ -139,6 +142,97 @@ def cmd_export(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_match(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.text.match import Matcher
+    from monitor.text.report import match_lines
+
+    matcher = Matcher(config.watches)
+    # Bytes in, decoded per line: one bad byte must not stop a backtest of a big archive.
+    lines = (raw.decode("utf-8", "replace") for raw in sys.stdin.buffer)
+    for line in match_lines(matcher, lines, details=args.details):
+        out.write(line)
+    out.flush()
+    return EXIT_OK
+
+
+def _explain_items(config: Config, args: argparse.Namespace) -> list:
+    """The items `monitor explain` looks at: the TEXT, a file, or a feed's entries."""
+    from monitor.text.match import MatchInput
+    from monitor.text.normalize import detect_language, display_text
+
+    if args.url:
+        return asyncio.run(_feed_items(config, args.url))
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ExplainError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        # A headline on the first line, the rest is the body.
+        title, _, rest = text.strip().partition("\n")
+        fields = {"title": display_text(title), "summary": display_text(rest)}
+    elif args.text is not None:
+        fields = {args.field: display_text(args.text)}
+    else:
+        raise ExplainError("give a TEXT, --file PATH or --url FEED_URL")
+    language = detect_language("\n".join(fields.values()))
+    return [MatchInput(**{"title": "", **fields}, feed=args.feed, language=language)]
+
+
+async def _feed_items(config: Config, url: str) -> list:
+    from monitor.articles import prepare
+    from monitor.fetch import Fetcher
+    from monitor.parse import NotAFeed, parse_feed
+    from monitor.text.match import Matcher, MatchInput
+
+    fetcher = Fetcher(config.fetch)
+    try:
+        fetched = await fetcher.fetch(url)
+    finally:
+        await fetcher.close()
+    if fetched.error is not None:
+        raise ExplainError(f"{url}: {fetched.error}")
+    try:
+        parsed = parse_feed(fetched.body, fetched.headers, fetched.url)
+    except NotAFeed as exc:
+        raise ExplainError(f"{url}: not a feed: {exc}") from None
+    feed = next((f.name for f in config.feeds if f.url == url), None)
+    no_watches = Matcher([])
+    items = []
+    for entry in parsed.entries:
+        language = prepare(entry, feed or url, no_watches).language
+        items.append(MatchInput(entry.title, entry.summary, entry.content, feed=feed,
+                                language=language))
+    return items
+
+
+class ExplainError(Exception):
+    pass
+
+
+def cmd_explain(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.text.match import Matcher
+    from monitor.text.report import render_explanations
+
+    try:
+        items = _explain_items(config, args)
+    except ExplainError as exc:
+        print(f"monitor explain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    matcher = Matcher(config.watches)
+    color = out.isatty() and not os.environ.get("NO_COLOR")
+    matched = False
+    for i, item in enumerate(items):
+        explanations = matcher.explain(item)
+        matched = matched or any(e.matched for e in explanations)
+        if i:
+            out.write("\n")
+        out.write(render_explanations(item, explanations, color))
+    if not items:
+        out.write("the feed has no entries\n")
+    return EXIT_OK if matched else EXIT_NO_MATCH
+
+
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], str]] = {
     "run": (cmd_run, "run the daemon in the foreground"),
     "poll": (cmd_poll, "poll every feed once, deliver the resulting alerts, exit"),
@@ -146,6 +240,30 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "export": (cmd_export, "print every stored article as JSON lines"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
+    "explain": (cmd_explain, "show which watches match a text, file or feed, where, and why "
+                             "not"),
+    "match": (cmd_match, "backtest: JSON lines in on stdin, one {id, watches} line out each"),
+}
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("text", nargs="?", help="the text to explain")
+    source.add_argument("--file", help="a text file: headline on the first line, body after")
+    source.add_argument("--url", help="a feed URL: every entry is explained")
+    parser.add_argument("--field", choices=("title", "summary", "content"), default="title",
+                        help="which field TEXT stands for (default: %(default)s)")
+    parser.add_argument("--feed", help="the feed name to assume, for watches limited to feeds")
+
+
+def _match_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--details", action="store_true",
+                        help="also print each match's terms and spans")
+
+
+_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "explain": _explain_arguments,
+    "match": _match_arguments,
 }
 
 
@@ -158,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("MONITOR_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name in _ARGUMENTS:
+            _ARGUMENTS[name](command)
     return parser
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from monitor.text.match import Span
+
 
 @dataclass(frozen=True)
 class ArticleView:
@@ -32,6 +34,7 @@ class AlertMessage:
     story_id: int
     attempt: int = 1
     other_sources: tuple[str, ...] = field(default_factory=tuple)
+    spans: tuple[Span, ...] = ()  # where the matched terms are in the article's title/summary
 
 
 @dataclass(frozen=True)

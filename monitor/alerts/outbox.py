@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from monitor.alerts.message import AlertMessage, ArticleView, DeliveryResult
 from monitor.store.models import Alert, Article, Delivery
+from monitor.text.match import Span
 
 # Seconds before attempt n+1; after the last one the delivery is dead-lettered.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000)
@@ -38,6 +39,14 @@ class RetryPolicy:
         return max(delay, retry_after or 0.0)
 
 
+def stored_spans(article: Article, watch: str) -> tuple[Span, ...]:
+    """The spans stored with the article's match for this watch (none for older rows)."""
+    for match in article.matches or ():
+        if match.get("watch") == watch:
+            return tuple(Span(**span) for span in match.get("spans", ()))
+    return ()
+
+
 def _message(delivery: Delivery) -> AlertMessage:
     alert: Alert = delivery.alert
     article: Article = alert.article
@@ -54,6 +63,7 @@ def _message(delivery: Delivery) -> AlertMessage:
         created_at=alert.created_at,
         story_id=alert.story_id,
         attempt=delivery.attempts,
+        spans=stored_spans(article, alert.watch),
     )
 
 

@@ -46,6 +46,7 @@ def webhook_payload(alert: AlertMessage) -> dict[str, Any]:
             "kind": alert.kind,
             "article": article_payload(alert),
             "matched": list(alert.matched),
+            "spans": [span.as_dict() for span in alert.spans],
             "other_sources": list(alert.other_sources),
         },
     }

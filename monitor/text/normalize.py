@@ -1,59 +1,113 @@
-"""Display text and match keys.
+"""Display text and match keys: one pipeline, two outputs.
 
-Two outputs from one pipeline: the display text keeps the publisher's wording (markup
-removed, whitespace tidied); the match key folds every spelling variation that should not
-change a match (Arabic/Persian letters, diacritics, kashida, ZWNJ, digits, Latin case), and
-is used on both sides, keywords and item text, so the two always agree.
+The display text is what a person reads: markup removed, whitespace tidied and, for Persian,
+tidied further by hazm's `Normalizer` (Persian letter forms, ZWNJ before affixes, spacing
+around punctuation). Latin words, numbers and URLs are kept out of hazm, whose spacing rules
+damage them (`COVID-19` -> `COVID- 19`, `bbc.com` -> `bbc. com`).
+
+The match key is what the matcher compares, built the same way for the keywords of a watch
+(at config load) and for the text of an item (at ingest), so the two always agree. It folds
+every variation that must not change a match:
+
+- Arabic letter forms to Persian (ي ى→ی, ك→ک, ة→ه), presentation forms and ligatures to their
+  letters, hamza carriers to their base letter (أ إ آ→ا, ؤ→و, ئ→ی);
+- diacritics (harakat, tanwin, shadda, Latin accents), kashida, ZWJ, bidi controls removed;
+- Persian and Arabic-Indic digits to ASCII, Latin case-folded;
+- every run of spaces, ZWNJs and punctuation becomes one space.
+
+The key keeps words apart with single spaces (regex terms see it, and it is stored with the
+article). Matching uses its *compact form*, where the space between two Persian/Arabic
+letters is dropped, so «همکاری‌های», «همکاریهای» and «همکاری های» are the same string;
+word boundaries are kept beside it (`FieldKey`). Nothing here imports hazm except
+`display_text`, so matching alone stays light.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
+import threading
 import unicodedata
+from bisect import bisect_right
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 ZWNJ = "\u200c"
-_TAG = re.compile(r"<[^>]{0,2000}>")
+_TAG = re.compile(r"<[^<>]{0,2000}>")
 _BLOCK_TAG = re.compile(r"<\s*(?:br|/p|/div|/li|/h\d|/tr)\b[^>]{0,200}>", re.IGNORECASE)
 _SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _NEWLINES = re.compile(r"\s*\n\s*")
+_MARKUP_HINT = re.compile(r"<[a-zA-Z/!]|&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")
 
-# Letters folded to their Persian form. NFKC (applied first) already maps the Arabic
-# presentation forms (U+FB50-U+FEFF) to these base letters.
-_LETTERS = str.maketrans({
-    "\u064a": "\u06cc",  # ي Arabic yeh -> ی
-    "\u0649": "\u06cc",  # ى alef maksura -> ی
-    "\u06d2": "\u06cc",  # ے yeh barree -> ی
-    "\u0643": "\u06a9",  # ك Arabic kaf -> ک
-    "\u06aa": "\u06a9",  # ڪ swash kaf -> ک
-    "\u0629": "\u0647",  # ة teh marbuta -> ه
-    "\u06c0": "\u0647",  # ۀ heh with yeh -> ه
-    "\u06c1": "\u0647",  # ہ heh goal -> ه
-    "\u06d5": "\u0647",  # ە ae -> ه
-    "\u0623": "\u0627",  # أ -> ا
-    "\u0625": "\u0627",  # إ -> ا
-    "\u0622": "\u0627",  # آ -> ا
-    "\u0671": "\u0627",  # ٱ alef wasla -> ا
-    "\u0624": "\u0648",  # ؤ -> و
-    "\u0626": "\u06cc",  # ئ -> ی
-    ZWNJ: " ",
-    "\u200d": "",        # ZWJ
-    "\u0640": "",        # kashida
-    "\u200e": "", "\u200f": "", "\u202a": "", "\u202b": "", "\u202c": "",
-    "\u202d": "", "\u202e": "", "\u2066": "", "\u2067": "", "\u2068": "", "\u2069": "",
-    "\ufeff": "",
-})
-# Persian (U+06F0..) and Arabic-Indic (U+0660..) digits -> ASCII.
-_DIGITS = str.maketrans({**{chr(0x06F0 + i): str(i) for i in range(10)},
-                         **{chr(0x0660 + i): str(i) for i in range(10)}})
-# Harakat, tanwin, shadda, sukun, superscript alef, Quranic marks.
-_DIACRITICS = re.compile(r"[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed]")
-# Everything that is not a letter or digit separates words in the key.
-_NON_WORD = re.compile(r"[^\w]+")
-_PERSIAN_ARABIC = re.compile(r"[\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff]")
-_ARABIC_ONLY = re.compile(r"[\u0629\u0643\u064a\u0649\u0621\u0623\u0625]")
-_PERSIAN_ONLY = re.compile(r"[\u067e\u0686\u0698\u06af\u06a9\u06cc]")
+# After folding, Persian/Arabic letters are all in this block; the space between two of them
+# is a ZWNJ-or-space joint that matching ignores.
+_ARABIC_LETTER = "\u0621-\u06ff"
+_JOINT = re.compile(f"(?<=[{_ARABIC_LETTER}]) (?=[{_ARABIC_LETTER}])")
+
+# Arabic letter forms and their Persian equivalents, applied after NFKD has split off hamza
+# and madda (so أ إ آ ؤ ئ ۀ arrive here as their base letters).
+_LETTERS = {
+    "\u064a": "\u06cc",  # ي Arabic yeh
+    "\u0649": "\u06cc",  # ى alef maksura
+    "\u06d2": "\u06cc",  # ے yeh barree
+    "\u0620": "\u06cc", "\u063d": "\u06cc", "\u063e": "\u06cc", "\u063f": "\u06cc",
+    "\u06cd": "\u06cc", "\u06ce": "\u06cc", "\u06d0": "\u06cc", "\u06d1": "\u06cc",
+    "\u0643": "\u06a9",  # ك Arabic kaf
+    "\u06aa": "\u06a9", "\u063b": "\u06a9", "\u063c": "\u06a9", "\u06ab": "\u06a9",
+    "\u0629": "\u0647",  # ة teh marbuta
+    "\u06c1": "\u0647", "\u06c2": "\u0647", "\u06c3": "\u0647", "\u06d5": "\u0647",
+    "\u06be": "\u0647",
+    "\u0671": "\u0627", "\u0672": "\u0627", "\u0673": "\u0627", "\u0675": "\u0627",
+    "\u0621": "",  # a standalone hamza is spelled, or not, at will
+}
+# Characters that vanish: they never separate words.
+_DROPPED = {"\u0640", "\u200d", "\u00ad", "\ufeff", "\u200e", "\u200f", "\u061c",
+            *map(chr, range(0x202a, 0x202f)), *map(chr, range(0x2066, 0x206a))}
+
+
+def _fold_char(ch: str, keep_case: bool) -> str:
+    """The key form of one character: '' (dropped), ' ' (separator) or letters/digits."""
+    if ch in _DROPPED:
+        return ""
+    out = []
+    for part in unicodedata.normalize("NFKD", ch):
+        if unicodedata.combining(part) or unicodedata.category(part) == "Mn":
+            continue  # diacritics, Latin accents, hamza/madda marks
+        part = _LETTERS.get(part, part)
+        if not part:
+            continue
+        if part.isdecimal():
+            part = str(unicodedata.decimal(part))
+        elif not part.isalnum():
+            part = " "
+        elif not keep_case:
+            folded = part.casefold()
+            # Keep one character per character so that the cased and folded keys align.
+            part = folded if len(folded) == len(part) else part.lower()
+        out.append(part)
+    return "".join(out)
+
+
+class _FoldTable(dict[int, str]):
+    """A `str.translate` table filled on first sight of each character: C speed after."""
+
+    def __init__(self, keep_case: bool) -> None:
+        super().__init__()
+        self.keep_case = keep_case
+        self._lock = threading.Lock()
+
+    def __missing__(self, code: int) -> str:
+        value = _fold_char(chr(code), self.keep_case)
+        with self._lock:
+            self[code] = value
+        return value
+
+
+_FOLD = _FoldTable(keep_case=False)
+_FOLD_CASED = _FoldTable(keep_case=True)
 
 
 def strip_markup(raw: str) -> str:
@@ -64,11 +118,15 @@ def strip_markup(raw: str) -> str:
     return html.unescape(text)
 
 
-def display_text(raw: str | None) -> str:
-    """What a person reads: the publisher's wording, markup removed, whitespace tidied."""
+def has_markup(text: str) -> bool:
+    return bool(_MARKUP_HINT.search(text))
+
+
+def plain_text(raw: str | None) -> str:
+    """Markup removed and whitespace tidied, nothing else: the input of the match key."""
     if not raw:
         return ""
-    text = strip_markup(raw) if "<" in raw or "&" in raw else raw
+    text = strip_markup(raw) if has_markup(raw) else raw
     text = text.replace("\r", "\n")
     text = _SPACES.sub(" ", text)
     text = _NEWLINES.sub("\n", text)
@@ -76,31 +134,231 @@ def display_text(raw: str | None) -> str:
 
 
 def match_key(text: str | None) -> str:
-    """The folded form used for matching and exact-duplicate detection; never shown."""
+    """The folded form of a text, words separated by single spaces; never shown."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKC", text)
-    text = text.translate(_LETTERS).translate(_DIGITS)
-    text = _DIACRITICS.sub("", text)
-    text = text.casefold()
-    text = _NON_WORD.sub(" ", text)
-    return text.strip()
+    if has_markup(text):
+        text = strip_markup(text)
+    return " ".join(text.translate(_FOLD).split())
+
+
+def compact(key: str) -> str:
+    """A key without the joints between Persian/Arabic words (what the matcher scans)."""
+    return _JOINT.sub("", key)
+
+
+@dataclass(frozen=True)
+class FieldKey:
+    """The key of one field of an item, its compact form and, on demand, where its words
+    start and end and which character of the original text each key character came from."""
+
+    text: str  # the plain text the key was made from (spans point into it)
+    key: str
+
+    @classmethod
+    def of(cls, text: str | None) -> FieldKey:
+        plain = text or ""
+        if has_markup(plain):
+            plain = strip_markup(plain)
+        return cls(plain, " ".join(plain.translate(_FOLD).split()))
+
+    @cached_property
+    def compact(self) -> str:
+        return compact(self.key)
+
+    @cached_property
+    def _words(self) -> tuple[list[int], list[int]]:
+        """Start and end positions of every word in the compact form."""
+        starts, ends = [], []
+        position = 0
+        for piece in _JOINT.split(self.key):
+            for word in piece.split(" "):
+                starts.append(position)
+                position += len(word)
+                ends.append(position)
+                position += 1  # the space kept between non-joined words
+            position -= 1
+        return starts, ends
+
+    @cached_property
+    def word_starts(self) -> frozenset[int]:
+        return frozenset(self._words[0])
+
+    @cached_property
+    def word_ends(self) -> frozenset[int]:
+        return frozenset(self._words[1])
+
+    def word_at(self, position: int) -> tuple[int, int]:
+        """The (start, end) of the compact word containing `position` (or starting there)."""
+        starts, ends = self._words
+        i = max(bisect_right(starts, position) - 1, 0)
+        return starts[i], ends[i]
+
+    @cached_property
+    def key_cased(self) -> str:
+        """The key without case folding, aligned with `key` character for character."""
+        return " ".join(self.text.translate(_FOLD_CASED).split())
+
+    @cached_property
+    def compact_cased(self) -> str:
+        return compact(self.key_cased)
+
+    @cached_property
+    def _origins(self) -> tuple[list[int], list[int]]:
+        """For each character of the key and of the compact form, the index in `text` of
+        the character it came from. Built only when a span is reported."""
+        key_origin: list[int] = []
+        key_chars: list[str] = []
+        pending_space = -1
+        for i, ch in enumerate(self.text):
+            for out in _FOLD[ord(ch)]:
+                if out == " ":
+                    if key_chars and pending_space < 0:
+                        pending_space = i
+                    continue
+                if pending_space >= 0:
+                    key_chars.append(" ")
+                    key_origin.append(pending_space)
+                    pending_space = -1
+                key_chars.append(out)
+                key_origin.append(i)
+        joints = {m.start() for m in _JOINT.finditer(self.key)}
+        compact_origin = [o for j, o in enumerate(key_origin) if j not in joints]
+        return key_origin, compact_origin
+
+    def span_in_text(self, start: int, end: int, *, on_compact: bool = True) -> tuple[int, int]:
+        """The range of `text` that produced compact (or key) characters start..end."""
+        origins = self._origins[1] if on_compact else self._origins[0]
+        if not origins or end <= start:
+            return 0, 0
+        first = origins[min(start, len(origins) - 1)]
+        last = origins[min(end, len(origins)) - 1]
+        # A character that folded to several (a ligature) is reported whole.
+        return first, last + 1
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    """The match keys of an item's fields, computed once at ingest."""
+
+    title: FieldKey
+    summary: FieldKey
+    content: FieldKey
+
+    @classmethod
+    def of(cls, title: str | None, summary: str | None = "",
+           content: str | None = "") -> ItemKey:
+        return cls(FieldKey.of(title), FieldKey.of(summary), FieldKey.of(content))
+
+    def field(self, name: str) -> FieldKey:
+        return getattr(self, name)
+
+    @property
+    def stored(self) -> str:
+        """The form kept in `articles.match_key`: the field keys, one per line."""
+        return "\n".join((self.title.key, self.summary.key, self.content.key))
+
+
+# --- language ---------------------------------------------------------------------------
+
+_PERSIAN_LETTERS = re.compile("[\u067e\u0686\u0698\u06af]")  # پ چ ژ گ: not in Arabic
+_PERSIAN_FORMS = re.compile("[\u06a9\u06cc]")  # ک ی: Persian keyboards, never Arabic text
+_ARABIC_LETTERS = re.compile("[\u0629\u0623\u0625]")  # ة أ إ: rare in Persian spelling
+_FA_WORDS = frozenset(("در", "به", "از", "که", "این", "را", "با", "است", "های", "برای", "شد",
+                       "کرد", "می", "تا", "هم", "بر", "خود", "نیز", "آن", "یک", "شده", "کند"))
+_AR_WORDS = frozenset(("فی", "من", "علی", "الی", "عن", "التی", "الذی", "هذا", "هذه", "ان",
+                       "مع", "قد", "کان", "لم", "ما", "بین", "ذلک", "حیث"))
+_FR_HINTS = re.compile(r"[éèêàçôùâîûëï]|\b(?:le|la|les|des|du|de|et|pour|une|un|dans|sur|au|"
+                       r"aux|est|avec|l|d|qu)\b")
+_EN_HINTS = re.compile(r"\b(?:the|of|and|to|in|for|on|with|is|by|at|from|a|an|as|its)\b")
 
 
 def detect_language(text: str) -> str | None:
-    """A coarse script-based guess: 'fa', 'ar', 'en'/'fr' (Latin) or None."""
-    sample = text[:2000]
-    arabic_script = len(_PERSIAN_ARABIC.findall(sample))
-    latin = sum(1 for ch in sample if "a" <= ch.lower() <= "z")
+    """A coarse guess from letters and common words: 'fa', 'ar', 'en', 'fr' or None.
+
+    Persian written with Arabic yeh and kaf (cp1256 feeds) is still Persian: its common
+    words decide, not its letter forms.
+    """
+    sample = text[:3000]
+    arabic_script = len(re.findall(f"[{_ARABIC_LETTER}]", sample))
+    latin = len(re.findall(r"[A-Za-z\u00c0-\u024f]", sample))
     if arabic_script == 0 and latin == 0:
         return None
     if arabic_script >= latin:
-        persian = len(_PERSIAN_ONLY.findall(sample))
-        arabic = len(_ARABIC_ONLY.findall(sample))
+        words = [w for w in match_key(sample).split() if not w.isascii()]
+        persian = (3 * len(_PERSIAN_LETTERS.findall(sample))
+                   + len(_PERSIAN_FORMS.findall(sample)) / 4
+                   + 2 * sum(w in _FA_WORDS for w in words))
+        arabic = (3 * len(_ARABIC_LETTERS.findall(sample))
+                  + 2 * sum(w in _AR_WORDS for w in words)
+                  + sum(w.startswith("ال") for w in words) / 2)
         return "ar" if arabic > persian else "fa"
-    french = len(re.findall(r"[éèêàçôù]|\b(?:le|la|les|des|du|et|pour)\b", sample.lower()))
-    return "fr" if french >= 3 else "en"
+    lowered = sample.lower()
+    return "fr" if len(_FR_HINTS.findall(lowered)) > len(_EN_HINTS.findall(lowered)) else "en"
 
 
 def is_right_to_left(text: str) -> bool:
     return detect_language(text) in ("fa", "ar")
+
+
+# --- display text -------------------------------------------------------------------------
+
+# A run without spaces that holds a Latin letter or an ASCII digit: a word, number, URL or
+# e-mail address that hazm's spacing rules must not touch.
+_LATIN_RUN = re.compile(r"[^\s\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200c]*"
+                        r"[A-Za-z0-9\u00c0-\u024f]"
+                        r"[^\s\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200c]*")
+_HAS_ARABIC_SCRIPT = re.compile("[\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff]")
+_normalizer: Any = None
+_normalizer_lock = threading.Lock()
+
+
+def _hazm() -> Any:
+    """hazm's Normalizer, imported on first use only: the import costs ~300 MB and ~2 s."""
+    global _normalizer
+    if _normalizer is None:
+        with _normalizer_lock:
+            if _normalizer is None:
+                # hazm imports gensim, which logs a demo corpus at INFO on import.
+                logging.getLogger("gensim").setLevel(logging.WARNING)
+                from hazm import Normalizer
+
+                # Off: what would change the publisher's wording (quotes, digits, emoji,
+                # repeated letters). On: letter forms, affix ZWNJs, kashida and spacing.
+                _normalizer = Normalizer(correct_spacing=True, persian_style=False,
+                                         persian_numbers=False, remove_specials_chars=False,
+                                         decrease_repeated_chars=False)
+    return _normalizer
+
+
+def tidy_persian(text: str) -> str:
+    """hazm's normalization on the Persian stretches of a line, Latin runs left as they are."""
+    normalizer = _hazm()
+    out = []
+    position = 0
+    for run in _LATIN_RUN.finditer(text):
+        out.append(_tidy_stretch(normalizer, text[position:run.start()]))
+        out.append(run.group())
+        position = run.end()
+    out.append(_tidy_stretch(normalizer, text[position:]))
+    return "".join(out)
+
+
+def _tidy_stretch(normalizer: Any, stretch: str) -> str:
+    if not _HAS_ARABIC_SCRIPT.search(stretch):
+        return stretch
+    core = stretch.strip()
+    lead = stretch[: len(stretch) - len(stretch.lstrip())]
+    trail = stretch[len(stretch.rstrip()):]
+    tidy = normalizer.normalize(core)
+    # hazm drops a ZWNJ or space at the edges; keep one space where the text had one.
+    return (" " if lead else "") + tidy + (" " if trail else "")
+
+
+def display_text(raw: str | None) -> str:
+    """What a person reads: the publisher's wording, markup removed, whitespace tidied, and
+    Persian tidied by hazm (Arabic-language text keeps its own letter forms)."""
+    text = plain_text(raw)
+    if not text or detect_language(text) != "fa":
+        return text
+    return "\n".join(tidy_persian(line) for line in text.split("\n"))

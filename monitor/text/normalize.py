@@ -63,8 +63,21 @@ _LETTERS = {
     "\u0671": "\u0627", "\u0672": "\u0627", "\u0673": "\u0627", "\u0675": "\u0627",
     "\u0621": "",  # a standalone hamza is spelled, or not, at will
 }
+# Letters of other languages written in Arabic script (Urdu, Pashto, Sindhi, Kurdish...)
+# that have no "WITH" in their Unicode name, folded to the Persian letter they extend, as
+# hazm's Normalizer does. Letters named "<BASE> WITH <MARKS>" fold to <BASE> by name.
+_LETTER_ALIASES = {
+    "DOTLESS BEH": "ب", "BEEH": "ب", "BEHEH": "ب", "TTEH": "ت", "TTEHEH": "ت", "TEHEH": "ت",
+    "DOTLESS QAF": "ق", "AFRICAN QAF": "ق", "DOTLESS FEH": "ف", "VEH": "ف", "PEHEH": "ف",
+    "AFRICAN FEH": "ف", "TCHEHEH": "چ", "DDAL": "د", "DAHAL": "د", "DDAHAL": "د", "DUL": "د",
+    "RREH": "ر", "NG": "ک", "NGOEH": "گ", "GUEH": "گ", "NOON GHUNNA": "ن", "RNOON": "ن",
+    "AFRICAN NOON": "ن", "KIRGHIZ OE": "و", "OE": "و", "U": "و", "YU": "و", "KIRGHIZ YU": "و",
+    "VE": "و", "STRAIGHT WAW": "و", "DYEH": "ح", "NYEH": "ح", "ROHINGYA YEH": "ی",
+}
+# Ligatures that Unicode gives no decomposition.
+_LIGATURES = {"\ufdfd": "بسم الله الرحمن الرحيم"}
 # Characters that vanish: they never separate words.
-_DROPPED = {"\u0640", "\u200d", "\u00ad", "\ufeff", "\u200e", "\u200f", "\u061c",
+_DROPPED = {"\u0640", "\u0674", "\u200d", "\u00ad", "\ufeff", "\u200e", "\u200f", "\u061c",
             *map(chr, range(0x202a, 0x202f)), *map(chr, range(0x2066, 0x206a))}
 
 
@@ -72,10 +85,13 @@ def _fold_char(ch: str, keep_case: bool) -> str:
     """The key form of one character: '' (dropped), ' ' (separator) or letters/digits."""
     if ch in _DROPPED:
         return ""
+    if ch in _LIGATURES:
+        return "".join(_fold_char(c, keep_case) for c in _LIGATURES[ch])
     out = []
     for part in unicodedata.normalize("NFKD", ch):
-        if unicodedata.combining(part) or unicodedata.category(part) == "Mn":
+        if part in _DROPPED or unicodedata.category(part) == "Mn":
             continue  # diacritics, Latin accents, hamza/madda marks
+        part = _base_letter(part)
         part = _LETTERS.get(part, part)
         if not part:
             continue
@@ -89,6 +105,20 @@ def _fold_char(ch: str, keep_case: bool) -> str:
             part = folded if len(folded) == len(part) else part.lower()
         out.append(part)
     return "".join(out)
+
+
+def _base_letter(ch: str) -> str:
+    if not "\u0620" <= ch <= "\u08ff":
+        return ch
+    name = unicodedata.name(ch, "").removeprefix("ARABIC LETTER ")
+    if name in _LETTER_ALIASES:
+        return _LETTER_ALIASES[name]
+    if " WITH " in name:
+        try:
+            return unicodedata.lookup("ARABIC LETTER " + name.split(" WITH ")[0])
+        except KeyError:
+            return ch
+    return ch
 
 
 class _FoldTable(dict[int, str]):
@@ -133,13 +163,21 @@ def plain_text(raw: str | None) -> str:
     return text.strip()
 
 
+# A number written against a Persian/Arabic word («۹کیلومتر») is two words, as when spaced.
+_DIGIT_LETTER = re.compile(f"(?<=[0-9])(?=[{_ARABIC_LETTER}])|(?<=[{_ARABIC_LETTER}])(?=[0-9])")
+
+
+def _key(text: str, table: _FoldTable) -> str:
+    return _DIGIT_LETTER.sub(" ", " ".join(text.translate(table).split()))
+
+
 def match_key(text: str | None) -> str:
     """The folded form of a text, words separated by single spaces; never shown."""
     if not text:
         return ""
     if has_markup(text):
         text = strip_markup(text)
-    return " ".join(text.translate(_FOLD).split())
+    return _key(text, _FOLD)
 
 
 def compact(key: str) -> str:
@@ -160,7 +198,7 @@ class FieldKey:
         plain = text or ""
         if has_markup(plain):
             plain = strip_markup(plain)
-        return cls(plain, " ".join(plain.translate(_FOLD).split()))
+        return cls(plain, _key(plain, _FOLD))
 
     @cached_property
     def compact(self) -> str:
@@ -197,7 +235,7 @@ class FieldKey:
     @cached_property
     def key_cased(self) -> str:
         """The key without case folding, aligned with `key` character for character."""
-        return " ".join(self.text.translate(_FOLD_CASED).split())
+        return _key(self.text, _FOLD_CASED)
 
     @cached_property
     def compact_cased(self) -> str:
@@ -216,12 +254,17 @@ class FieldKey:
                     if key_chars and pending_space < 0:
                         pending_space = i
                     continue
+                if pending_space < 0 and key_chars and _DIGIT_LETTER.match(
+                        key_chars[-1] + out, 1):
+                    pending_space = i
                 if pending_space >= 0:
                     key_chars.append(" ")
                     key_origin.append(pending_space)
                     pending_space = -1
                 key_chars.append(out)
                 key_origin.append(i)
+        if "".join(key_chars) != self.key:  # never expected; spans would point astray
+            raise AssertionError("span map out of step with the match key")
         joints = {m.start() for m in _JOINT.finditer(self.key)}
         compact_origin = [o for j, o in enumerate(key_origin) if j not in joints]
         return key_origin, compact_origin
@@ -359,6 +402,6 @@ def display_text(raw: str | None) -> str:
     """What a person reads: the publisher's wording, markup removed, whitespace tidied, and
     Persian tidied by hazm (Arabic-language text keeps its own letter forms)."""
     text = plain_text(raw)
-    if not text or detect_language(text) != "fa":
+    if not text or detect_language(_LATIN_RUN.sub(" ", text)) != "fa":
         return text
     return "\n".join(tidy_persian(line) for line in text.split("\n"))

@@ -83,26 +83,35 @@ def test_item_key_stores_fields_one_per_line() -> None:
 
 
 def test_field_key_maps_back_to_the_text() -> None:
-    text = "<i>x</i> سازمـانِ  همكاري‌ها OIC"
+    text = "<i>x</i> سازمـانِ  همكاري‌ها ۹کیلومتر ﷲ OIC"
     f = FieldKey.of(text)
-    assert f.text == "x سازمـانِ  همكاري‌ها OIC"
-    assert f.compact == "x سازمانهمکاریها oic"
+    assert f.text == "x سازمـانِ  همكاري‌ها ۹کیلومتر ﷲ OIC"
+    assert f.compact == "x سازمانهمکاریها9کیلومترالله oic"
     start = f.compact.index("سازمان")
     span = f.span_in_text(start, start + len("سازمانهمکاریها"))
     assert f.text[span[0]:span[1]] == "سازمـانِ  همكاري‌ها"
-    assert f.word_starts == {0, 2, 8, 14, 17}
+    boundaries = [p for p in range(len(f.compact) + 1) if f.is_boundary(p)]
+    assert boundaries == [0, 1, 2, 8, 14, 16, 17, 24, 28, 29, 32]
     assert f.word_at(10) == (8, 14)
+    assert f.word_at(18) == (17, 24)
+    span = f.span_in_text(24, 28)
+    assert f.text[span[0]:span[1]] == "ﷲ"  # a ligature is reported whole
+    span = f.span_in_text(29, 32)
+    assert f.text[span[0]:span[1]] == "OIC"
 
 
-def test_field_key_origins_match_the_key_on_real_text() -> None:
+def test_spans_map_back_on_real_text() -> None:
+    """Every word of 100 real articles maps back to text that has the same key."""
     folder = shared_testdata("fars-news")
     articles = json.loads((folder / "fars-news-1.json").read_text(encoding="utf-8"))
     for article in articles[:100]:
-        text = "\n".join(article["paragraphs"])
-        f = FieldKey.of(text)
-        key_origin, compact_origin = f._origins
-        assert len(key_origin) == len(f.key) and len(compact_origin) == len(f.compact)
+        f = FieldKey.of("\n".join(article["paragraphs"]))
         assert len(f.compact_cased) == len(f.compact)
+        position = 0
+        for word in f.key.split(" "):
+            start, end = f.span_in_text(position, position + len(word), on_compact=False)
+            assert match_key(f.text[start:end]) == word
+            position += len(word) + 1
 
 
 # --- display text ---------------------------------------------------------------------------

@@ -215,12 +215,14 @@ def _check(f: FieldKey, variant: _Variant, end: int) -> tuple[int, int] | str:
     text = f.compact
     if variant.cased is not None and f.compact_cased[start:end] != variant.cased:
         return "letter case differs (the term is case-sensitive)"
-    if start not in f.word_starts:
+    if not f.is_boundary(start):
         word_start, _ = f.word_at(start)
         if text[word_start:start] not in variant.prefixes:
-            return "starts inside a longer word"
+            if variant.prefixes or not _ARABIC_SCRIPT.match(text[start]):
+                return "starts inside a longer word"
+            return "starts inside a longer word (a '+' before it allows Arabic prefixes)"
         start = word_start
-    if end in f.word_ends:
+    if f.is_boundary(end):
         if variant.arabic_end and end < len(text) and text[end] != " ":
             # The next compact word is joined to this one: a suffix written apart
             # («همکاری های») is still this word's suffix.
@@ -378,7 +380,8 @@ class Matcher:
         return found
 
     def _evaluate(self, watch: _Watch, item: MatchInput, key: ItemKey,
-                  found: dict[int, list[_Hit]]) -> tuple[Match | None, list[str]]:
+                  found: dict[int, list[_Hit]],
+                  with_spans: bool = True) -> tuple[Match | None, list[str]]:
         reasons: list[str] = []
         outside = watch.accepts_origin(item)
         if outside:
@@ -401,10 +404,9 @@ class Matcher:
             return None, reasons
         positive = any_found + watch.all
         spans: list[Span] = []
-        for t in positive:
-            for h in hits(t):
-                if len(spans) < MAX_SPANS:
-                    spans.append(self._span(h, key))
+        for t in positive if with_spans else ():
+            for h in hits(t)[:MAX_SPANS - len(spans)]:
+                spans.append(self._span(h, key))
         return Match(watch.config.name, tuple(self._terms[t].source for t in positive),
                      tuple(dict.fromkeys(spans))), []
 
@@ -415,17 +417,19 @@ class Matcher:
 
     # --- the interface --------------------------------------------------------------------
 
-    def match(self, item: MatchInput, key: ItemKey | None = None) -> list[Match]:
+    def match(self, item: MatchInput, key: ItemKey | None = None,
+              with_spans: bool = True) -> list[Match]:
         """The watches this item matches, in config order, with their terms and spans.
 
-        Pass `key` when it is already computed (ingest computes it once and stores it).
+        Pass `key` when it is already computed (ingest computes it once and stores it);
+        `with_spans=False` skips locating the spans in the text (the backtest needs none).
         """
         key = key or ItemKey.of(item.title, item.summary, item.content)
         found = self._scan(key)
         candidates = sorted({w for t in found for w in self._owners[t]})
         matches = []
         for index in candidates:
-            match, _ = self._evaluate(self._watches[index], item, key, found)
+            match, _ = self._evaluate(self._watches[index], item, key, found, with_spans)
             if match is not None:
                 matches.append(match)
         return matches

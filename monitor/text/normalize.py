@@ -32,6 +32,7 @@ import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate
 from typing import Any
 
 ZWNJ = "\u200c"
@@ -43,9 +44,11 @@ _NEWLINES = re.compile(r"\s*\n\s*")
 _MARKUP_HINT = re.compile(r"<[a-zA-Z/!]|&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")
 
 # After folding, Persian/Arabic letters are all in this block; the space between two of them
-# is a ZWNJ-or-space joint that matching ignores.
+# (or between one and a number) is a ZWNJ-or-space joint that matching ignores.
 _ARABIC_LETTER = "\u0621-\u06ff"
-_JOINT = re.compile(f"(?<=[{_ARABIC_LETTER}]) (?=[{_ARABIC_LETTER}])")
+_JOINT = re.compile(f"(?<=[{_ARABIC_LETTER}]) (?=[{_ARABIC_LETTER}0-9])"
+                    f"|(?<=[0-9]) (?=[{_ARABIC_LETTER}])")
+_NON_SPACE = re.compile(r"\S+")
 
 # Arabic letter forms and their Persian equivalents, applied after NFKD has split off hamza
 # and madda (so أ إ آ ؤ ئ ۀ arrive here as their base letters).
@@ -163,12 +166,8 @@ def plain_text(raw: str | None) -> str:
     return text.strip()
 
 
-# A number written against a Persian/Arabic word («۹کیلومتر») is two words, as when spaced.
-_DIGIT_LETTER = re.compile(f"(?<=[0-9])(?=[{_ARABIC_LETTER}])|(?<=[{_ARABIC_LETTER}])(?=[0-9])")
-
-
 def _key(text: str, table: _FoldTable) -> str:
-    return _DIGIT_LETTER.sub(" ", " ".join(text.translate(table).split()))
+    return " ".join(text.translate(table).split())
 
 
 def match_key(text: str | None) -> str:
@@ -185,10 +184,14 @@ def compact(key: str) -> str:
     return _JOINT.sub("", key)
 
 
+def _is_arabic(ch: str) -> bool:
+    return "\u0621" <= ch <= "\u06ff"
+
+
 @dataclass(frozen=True)
 class FieldKey:
-    """The key of one field of an item, its compact form and, on demand, where its words
-    start and end and which character of the original text each key character came from."""
+    """The key of one field of an item and its compact form; on demand (only for fields
+    where a term was found), its word boundaries and the way back to the original text."""
 
     text: str  # the plain text the key was made from (spans point into it)
     key: str
@@ -205,32 +208,33 @@ class FieldKey:
         return compact(self.key)
 
     @cached_property
-    def _words(self) -> tuple[list[int], list[int]]:
-        """Start and end positions of every word in the compact form."""
-        starts, ends = [], []
-        position = 0
-        for piece in _JOINT.split(self.key):
-            for word in piece.split(" "):
-                starts.append(position)
-                position += len(word)
-                ends.append(position)
-                position += 1  # the space kept between non-joined words
-            position -= 1
-        return starts, ends
+    def _joints(self) -> list[int]:
+        """Compact positions where a joint (a dropped space) was."""
+        return [m.start() - i for i, m in enumerate(_JOINT.finditer(self.key))]
 
     @cached_property
-    def word_starts(self) -> frozenset[int]:
-        return frozenset(self._words[0])
+    def _joint_set(self) -> frozenset[int]:
+        return frozenset(self._joints)
 
-    @cached_property
-    def word_ends(self) -> frozenset[int]:
-        return frozenset(self._words[1])
+    def is_boundary(self, position: int) -> bool:
+        """Whether a word starts or ends at this compact position: the ends of the text, a
+        space, a joint, or a number against a Persian/Arabic word («۹کیلومتر»)."""
+        text = self.compact
+        if position <= 0 or position >= len(text):
+            return True
+        before, after = text[position - 1], text[position]
+        return (before == " " or after == " " or position in self._joint_set
+                or (before.isdigit() and _is_arabic(after))
+                or (_is_arabic(before) and after.isdigit()))
 
     def word_at(self, position: int) -> tuple[int, int]:
-        """The (start, end) of the compact word containing `position` (or starting there)."""
-        starts, ends = self._words
-        i = max(bisect_right(starts, position) - 1, 0)
-        return starts[i], ends[i]
+        """The (start, end) of the compact word containing `position`."""
+        start, end = position, position + 1
+        while not self.is_boundary(start):
+            start -= 1
+        while not self.is_boundary(end):
+            end += 1
+        return start, min(end, len(self.compact))
 
     @cached_property
     def key_cased(self) -> str:
@@ -242,42 +246,33 @@ class FieldKey:
         return compact(self.key_cased)
 
     @cached_property
-    def _origins(self) -> tuple[list[int], list[int]]:
-        """For each character of the key and of the compact form, the index in `text` of
-        the character it came from. Built only when a span is reported."""
-        key_origin: list[int] = []
-        key_chars: list[str] = []
-        pending_space = -1
-        for i, ch in enumerate(self.text):
-            for out in _FOLD[ord(ch)]:
-                if out == " ":
-                    if key_chars and pending_space < 0:
-                        pending_space = i
-                    continue
-                if pending_space < 0 and key_chars and _DIGIT_LETTER.match(
-                        key_chars[-1] + out, 1):
-                    pending_space = i
-                if pending_space >= 0:
-                    key_chars.append(" ")
-                    key_origin.append(pending_space)
-                    pending_space = -1
-                key_chars.append(out)
-                key_origin.append(i)
-        if "".join(key_chars) != self.key:  # never expected; spans would point astray
-            raise AssertionError("span map out of step with the match key")
-        joints = {m.start() for m in _JOINT.finditer(self.key)}
-        compact_origin = [o for j, o in enumerate(key_origin) if j not in joints]
-        return key_origin, compact_origin
+    def _text_map(self) -> tuple[list[tuple[int, int]], list[int], list[int] | None]:
+        """The words of the folded text (start, end), where each starts in the key, and,
+        when folding changed the length (dropped diacritics, expanded ligatures), where each
+        text character's folded output ends."""
+        folded = self.text.translate(_FOLD)
+        words = [m.span() for m in _NON_SPACE.finditer(folded)]
+        key_starts = [0, *accumulate(end - start + 1 for start, end in words)][:-1]
+        ends = None
+        if len(folded) != len(self.text):
+            ends = list(accumulate(map(len, map(_FOLD.__getitem__, map(ord, self.text)))))
+        return words, key_starts, ends
+
+    def _text_position(self, key_position: int) -> int:
+        words, key_starts, ends = self._text_map
+        w = max(bisect_right(key_starts, key_position) - 1, 0)
+        start, end = words[w]
+        folded = min(start + key_position - key_starts[w], end)
+        return folded if ends is None else bisect_right(ends, folded)
 
     def span_in_text(self, start: int, end: int, *, on_compact: bool = True) -> tuple[int, int]:
         """The range of `text` that produced compact (or key) characters start..end."""
-        origins = self._origins[1] if on_compact else self._origins[0]
-        if not origins or end <= start:
+        if end <= start or not self.key:
             return 0, 0
-        first = origins[min(start, len(origins) - 1)]
-        last = origins[min(end, len(origins)) - 1]
-        # A character that folded to several (a ligature) is reported whole.
-        return first, last + 1
+        if on_compact:  # a compact position moves right by the joints before it
+            start += bisect_right(self._joints, start)
+            end = end - 1 + bisect_right(self._joints, end - 1) + 1
+        return self._text_position(start), self._text_position(end - 1) + 1
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def match_lines(matcher: Matcher, lines: Iterable[str], details: bool = False) -
             yield _dump({"id": None, "watches": [],
                          "error": f"line {number}: expected a JSON object"})
             continue
-        matches = matcher.match(item_from_json(data, needs_language))
+        matches = matcher.match(item_from_json(data, needs_language), with_spans=details)
         out: dict[str, Any] = {"id": data.get("id"), "watches": [m.watch for m in matches]}
         if details:
             out["matches"] = [m.as_dict() for m in matches]

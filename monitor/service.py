@@ -24,6 +24,7 @@ from monitor.seed import read_seeds
 from monitor.store.database import Database
 from monitor.store.queries import claim_due_feeds, store_candidates, sync_feeds
 from monitor.text.match import Matcher
+from monitor.text.normalize import load_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Monitor:
         with self.db.session() as session:
             sync_feeds(session, self.config.feeds, datetime.now(UTC))
         self.load_baseline()
+        load_normalizer()
 
     def load_baseline(self) -> int:
         """Store the seed articles as baseline; returns how many were new."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import ahocorasick
 
 from monitor.config import WatchConfig
-from monitor.text.normalize import _FOLD_CASED, FieldKey, ItemKey, compact, match_key
+from monitor.text.normalize import FieldKey, ItemKey, cased_key, compact, match_key
 
 FIELDS = ("title", "summary", "content")
 PERSIAN_SUFFIXES = frozenset({"ها", "های", "هایی", "ی", "ای", "ان", "ات"})
@@ -129,7 +129,7 @@ def _phrase_words(source: str) -> list[_Word]:
         prefix, suffix = raw.startswith("+"), raw.endswith("+") and len(raw) > 1
         core = raw.strip("+")
         keys = match_key(core).split()
-        cased = " ".join(core.translate(_FOLD_CASED).split()).split()
+        cased = cased_key(core).split()
         if not keys:
             if core:
                 continue  # punctuation inside a phrase, as in the text

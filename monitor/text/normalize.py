@@ -35,7 +35,6 @@ from functools import cached_property
 from itertools import accumulate
 from typing import Any
 
-ZWNJ = "\u200c"
 _TAG = re.compile(r"<[^<>]{0,2000}>")
 _BLOCK_TAG = re.compile(r"<\s*(?:br|/p|/div|/li|/h\d|/tr)\b[^>]{0,200}>", re.IGNORECASE)
 _SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
@@ -156,7 +155,7 @@ def has_markup(text: str) -> bool:
 
 
 def plain_text(raw: str | None) -> str:
-    """Markup removed and whitespace tidied, nothing else: the input of the match key."""
+    """Markup removed and whitespace tidied, nothing else."""
     if not raw:
         return ""
     text = strip_markup(raw) if has_markup(raw) else raw
@@ -172,11 +171,12 @@ def _key(text: str, table: _FoldTable) -> str:
 
 def match_key(text: str | None) -> str:
     """The folded form of a text, words separated by single spaces; never shown."""
-    if not text:
-        return ""
-    if has_markup(text):
-        text = strip_markup(text)
-    return _key(text, _FOLD)
+    return FieldKey.of(text).key if text else ""
+
+
+def cased_key(text: str) -> str:
+    """The match key without case folding, for case-sensitive terms."""
+    return _key(text, _FOLD_CASED)
 
 
 def compact(key: str) -> str:
@@ -239,7 +239,7 @@ class FieldKey:
     @cached_property
     def key_cased(self) -> str:
         """The key without case folding, aligned with `key` character for character."""
-        return _key(self.text, _FOLD_CASED)
+        return cased_key(self.text)
 
     @cached_property
     def compact_cased(self) -> str:
@@ -367,6 +367,12 @@ def _hazm() -> Any:
                                          persian_numbers=False, remove_specials_chars=False,
                                          decrease_repeated_chars=False)
     return _normalizer
+
+
+def load_normalizer() -> None:
+    """Import hazm now rather than on the first Persian entry: a daemon pays the ~2 s at
+    start instead of delaying its first alert."""
+    _hazm()
 
 
 def tidy_persian(text: str) -> str:

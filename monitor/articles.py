@@ -22,9 +22,13 @@ class Candidate:
     matches: tuple[Match, ...]
 
 
+def entry_language(entry: Entry) -> str | None:
+    return detect_language(f"{entry.title}\n{entry.summary or entry.content}")
+
+
 def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
     body = entry.summary or entry.content
-    language = detect_language(f"{entry.title}\n{body}")
+    language = entry_language(entry)
     key = ItemKey.of(entry.title, entry.summary, entry.content)  # once per item
     matches = matcher.match(MatchInput(title=entry.title, summary=entry.summary,
                                        content=entry.content, feed=feed_name,

@@ -151,8 +151,12 @@ def cmd_match(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     lines = (raw.decode("utf-8", "replace") for raw in sys.stdin.buffer)
     for line in match_lines(matcher, lines, details=args.details):
         out.write(line)
-    out.flush()
+        out.flush()  # a caller may feed one line and wait for its answer
     return EXIT_OK
+
+
+class ExplainError(Exception):
+    """Nothing to explain: no text given, or the file or feed could not be read."""
 
 
 def _explain_items(config: Config, args: argparse.Namespace) -> list:
@@ -161,7 +165,8 @@ def _explain_items(config: Config, args: argparse.Namespace) -> list:
     from monitor.text.normalize import detect_language, display_text
 
     if args.url:
-        return asyncio.run(_feed_items(config, args.url))
+        feed = args.feed or next((f.name for f in config.feeds if f.url == args.url), None)
+        return asyncio.run(_feed_items(config, args.url, feed))
     if args.file:
         try:
             with open(args.file, encoding="utf-8", errors="replace") as handle:
@@ -179,11 +184,12 @@ def _explain_items(config: Config, args: argparse.Namespace) -> list:
     return [MatchInput(**{"title": "", **fields}, feed=args.feed, language=language)]
 
 
-async def _feed_items(config: Config, url: str) -> list:
-    from monitor.articles import prepare
+async def _feed_items(config: Config, url: str, feed: str | None) -> list:
+    """A feed's entries, fetched and parsed as the daemon does."""
+    from monitor.articles import entry_language
     from monitor.fetch import Fetcher
     from monitor.parse import NotAFeed, parse_feed
-    from monitor.text.match import Matcher, MatchInput
+    from monitor.text.match import MatchInput
 
     fetcher = Fetcher(config.fetch)
     try:
@@ -196,18 +202,8 @@ async def _feed_items(config: Config, url: str) -> list:
         parsed = parse_feed(fetched.body, fetched.headers, fetched.url)
     except NotAFeed as exc:
         raise ExplainError(f"{url}: not a feed: {exc}") from None
-    feed = next((f.name for f in config.feeds if f.url == url), None)
-    no_watches = Matcher([])
-    items = []
-    for entry in parsed.entries:
-        language = prepare(entry, feed or url, no_watches).language
-        items.append(MatchInput(entry.title, entry.summary, entry.content, feed=feed,
-                                language=language))
-    return items
-
-
-class ExplainError(Exception):
-    pass
+    return [MatchInput(e.title, e.summary, e.content, feed=feed, language=entry_language(e))
+            for e in parsed.entries]
 
 
 def cmd_explain(config: Config, args: argparse.Namespace, out: TextIO) -> int:

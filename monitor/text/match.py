@@ -46,6 +46,7 @@ ARABIC_PREFIXES = frozenset(
 ARTICLE_PREFIXES = frozenset(
     {c + p + "ال" for c in _CONJUNCTIONS for p in _PREPOSITIONS if p != "ل"}
     | {c + "لل" for c in _CONJUNCTIONS})
+MAX_PREFIX = max(map(len, ARABIC_PREFIXES))
 MAX_SUFFIXED_INNER_WORDS = 3  # each one multiplies the phrase's automaton entries by 8
 MAX_SPANS = 50  # per match: a long article naming the OIC 300 times needs no 300 spans
 _ARABIC_SCRIPT = re.compile("[\u0600-\u06ff]")
@@ -209,6 +210,25 @@ class _Miss:
     reason: str
 
 
+def _suffix_after(f: FieldKey, position: int) -> int:
+    """The length of the Persian suffix that starts at `position` and ends a word, or 0."""
+    text = f.compact
+    for suffix in PERSIAN_SUFFIXES:
+        if text.startswith(suffix, position) and f.is_boundary(position + len(suffix)):
+            return len(suffix)
+    return 0
+
+
+def _prefix_before(f: FieldKey, position: int, prefixes: frozenset[str]) -> int:
+    """The length of the allowed prefix that ends at `position` and starts a word, or 0."""
+    text = f.compact
+    for length in range(1, MAX_PREFIX + 1):
+        start = position - length
+        if start >= 0 and text[start:position] in prefixes and f.is_boundary(start):
+            return length
+    return 0
+
+
 def _check(f: FieldKey, variant: _Variant, end: int) -> tuple[int, int] | str:
     """The (start, end) of the whole words matched, or why the hit does not count."""
     start = end - variant.length
@@ -216,29 +236,23 @@ def _check(f: FieldKey, variant: _Variant, end: int) -> tuple[int, int] | str:
     if variant.cased is not None and f.compact_cased[start:end] != variant.cased:
         return "letter case differs (the term is case-sensitive)"
     if not f.is_boundary(start):
-        word_start, _ = f.word_at(start)
-        if text[word_start:start] not in variant.prefixes:
+        prefix = _prefix_before(f, start, variant.prefixes) if variant.prefixes else 0
+        if not prefix:
             if variant.prefixes or not _ARABIC_SCRIPT.match(text[start]):
                 return "starts inside a longer word"
             return "starts inside a longer word (a '+' before it allows Arabic prefixes)"
-        start = word_start
-    if f.is_boundary(end):
-        if variant.arabic_end and end < len(text) and text[end] != " ":
-            # The next compact word is joined to this one: a suffix written apart
-            # («همکاری های») is still this word's suffix.
-            _, next_end = f.word_at(end)
-            if text[end:next_end] in PERSIAN_SUFFIXES:
-                if not variant.suffix:
-                    return "the word carries a suffix the term does not allow (add '+')"
-                end = next_end
-    else:
-        _, word_end = f.word_at(end - 1)
-        if not (variant.suffix and text[end:word_end] in PERSIAN_SUFFIXES):
-            if variant.arabic_end and not variant.suffix:
-                return "the word goes on (a '+' after it allows Persian suffixes)"
-            return "ends inside a longer word"
-        end = word_end
-    return start, end
+        start -= prefix
+    # A suffix attached, or written apart («همکاری های»: one compact word), is this word's.
+    suffix = _suffix_after(f, end) if variant.arabic_end and end < len(text) else 0
+    if f.is_boundary(end) and not suffix:
+        return start, end
+    if not suffix:
+        if variant.arabic_end and not variant.suffix:
+            return "the word goes on (a '+' after it allows Persian suffixes)"
+        return "ends inside a longer word"
+    if not variant.suffix:
+        return "the word carries a suffix the term does not allow (add '+')"
+    return start, end + suffix
 
 
 # --- watches ----------------------------------------------------------------------------
@@ -388,7 +402,9 @@ class Matcher:
             return None, [outside]
 
         def hits(term_id: int) -> list[_Hit]:
-            return [h for h in found.get(term_id, ()) if h.field in watch.fields]
+            if term_id not in found:  # most terms of a watch are not in a given item
+                return []
+            return [h for h in found[term_id] if h.field in watch.fields]
 
         any_found = [t for t in watch.any if hits(t)]
         if watch.any and not any_found:

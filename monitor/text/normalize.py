@@ -30,8 +30,8 @@ import re
 import threading
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import accumulate
 from typing import Any
 
@@ -184,6 +184,22 @@ def compact(key: str) -> str:
     return _JOINT.sub("", key)
 
 
+class _cached:
+    """functools.cached_property without its per-access lock (Python 3.11), which costs
+    more than the keys it caches on the matcher's hot path."""
+
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self.function = function
+        self.name = function.__name__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self.function(instance)
+        instance.__dict__[self.name] = value  # later reads find it before the descriptor
+        return value
+
+
 def _is_arabic(ch: str) -> bool:
     return "\u0621" <= ch <= "\u06ff"
 
@@ -203,16 +219,20 @@ class FieldKey:
             plain = strip_markup(plain)
         return cls(plain, _key(plain, _FOLD))
 
-    @cached_property
-    def compact(self) -> str:
-        return compact(self.key)
+    @_cached
+    def _pieces(self) -> list[str]:
+        return _JOINT.split(self.key)
 
-    @cached_property
+    @_cached
+    def compact(self) -> str:
+        return "".join(self._pieces)
+
+    @_cached
     def _joints(self) -> list[int]:
         """Compact positions where a joint (a dropped space) was."""
-        return [m.start() - i for i, m in enumerate(_JOINT.finditer(self.key))]
+        return list(accumulate(map(len, self._pieces[:-1])))
 
-    @cached_property
+    @_cached
     def _joint_set(self) -> frozenset[int]:
         return frozenset(self._joints)
 
@@ -236,16 +256,16 @@ class FieldKey:
             end += 1
         return start, min(end, len(self.compact))
 
-    @cached_property
+    @_cached
     def key_cased(self) -> str:
         """The key without case folding, aligned with `key` character for character."""
         return cased_key(self.text)
 
-    @cached_property
+    @_cached
     def compact_cased(self) -> str:
         return compact(self.key_cased)
 
-    @cached_property
+    @_cached
     def _text_map(self) -> tuple[list[tuple[int, int]], list[int], list[int] | None]:
         """The words of the folded text (start, end), where each starts in the key, and,
         when folding changed the length (dropped diacritics, expanded ligatures), where each

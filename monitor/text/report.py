@@ -29,6 +29,8 @@ def _text(value: Any) -> str:
 
 def item_from_json(data: dict[str, Any], needs_language: bool) -> MatchInput:
     fields = {name: _text(data.get(name)) for name in _FIELDS}
+    if not fields["title"]:
+        fields["title"] = _text(data.get("headline") or data.get("text"))
     if not fields["summary"]:
         # Archives name the lede differently (feeds say description, datasets abstract).
         fields["summary"] = _text(data.get("description") or data.get("abstract"))

@@ -127,6 +127,11 @@ def test_display_text_tidies_persian_and_keeps_latin() -> None:
     assert match_key(shown) == match_key(raw)  # the tidy never changes the key
 
 
+@pytest.mark.parametrize("number", ["۱۴۰۳/۰۵/۱۲", "۲۵٫۵", "۵+۱", "۱۸:۳۰", "3.5%"])
+def test_display_text_keeps_numbers_whole(number: str) -> None:
+    assert display_text(f"در تاریخ {number} اعلام شد") == f"در تاریخ {number} اعلام شد"
+
+
 def test_display_text_leaves_arabic_and_latin_alone() -> None:
     arabic = "الأمين العام لمنظمة التعاون الإسلامي يزور طهران"
     assert display_text(arabic) == arabic

@@ -361,11 +361,13 @@ def is_right_to_left(text: str) -> bool:
 
 # --- display text -------------------------------------------------------------------------
 
-# A run without spaces that holds a Latin letter or an ASCII digit: a word, number, URL or
-# e-mail address that hazm's spacing rules must not touch.
-_LATIN_RUN = re.compile(r"[^\s\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200c]*"
-                        r"[A-Za-z0-9\u00c0-\u024f]"
-                        r"[^\s\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200c]*")
+# A run without spaces or Persian/Arabic letters that holds a Latin letter or a digit (of any
+# script): a word, number, date, URL or e-mail address that hazm's spacing rules must not
+# touch (`COVID-19` -> `COVID- 19`, `۱۴۰۳/۰۵/۱۲` -> `۱۴۰۳ / ۰۵ / ۱۲`, `۲۵٫۵` -> `۲۵ ٫ ۵`).
+_RUN_CHAR = ("[^\\s\u200c\u0621-\u063a\u0641-\u064a\u066e-\u066f\u0671-\u06d3\u06d5"
+             "\u06fa-\u06ff\ufb50-\ufdff\ufe70-\ufeff]")
+_LATIN_RUN = re.compile(f"{_RUN_CHAR}*[A-Za-z0-9\u00c0-\u024f\u0660-\u0669\u06f0-\u06f9]"
+                        f"{_RUN_CHAR}*")
 _HAS_ARABIC_SCRIPT = re.compile("[\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff]")
 _normalizer: Any = None
 _normalizer_lock = threading.Lock()

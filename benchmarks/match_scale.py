@@ -4,7 +4,7 @@ The target (issue 3): all terms of all watches are compiled into one Aho-Corasic
 so the per-item cost at 10,000 terms is at most twice the cost at 10 terms.
 
 Items are the 900 Fars News articles of ../shared/testdata/fars-news (title, abstract and
-every paragraph, ~2,500 characters each) when that folder is present, else generated Persian
+every paragraph) when that folder is present, else generated Persian
 and English text. Terms are phrases of one to three words drawn from the same vocabulary
 (so they share letters and prefixes with the text, as real watch lists do), some with
 Persian suffixes (`word+`), Arabic prefixes (`+word`) or case-sensitive acronyms, spread

@@ -34,7 +34,7 @@ class AlertMessage:
     story_id: int
     attempt: int = 1
     other_sources: tuple[str, ...] = field(default_factory=tuple)
-    spans: tuple[Span, ...] = ()  # where the matched terms are in the article's title/summary
+    spans: tuple[Span, ...] = ()  # where the matched terms are in the article's fields
 
 
 @dataclass(frozen=True)

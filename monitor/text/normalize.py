@@ -124,17 +124,15 @@ def _base_letter(ch: str) -> str:
 
 
 class _FoldTable(dict[int, str]):
-    """A `str.translate` table filled on first sight of each character: C speed after."""
+    """A `str.translate` table filled on first sight of each character: C speed after.
+    Threads may race to fill an entry; they store the same value."""
 
     def __init__(self, keep_case: bool) -> None:
         super().__init__()
         self.keep_case = keep_case
-        self._lock = threading.Lock()
 
     def __missing__(self, code: int) -> str:
-        value = _fold_char(chr(code), self.keep_case)
-        with self._lock:
-            self[code] = value
+        value = self[code] = _fold_char(chr(code), self.keep_case)
         return value
 
 

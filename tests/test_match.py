@@ -273,6 +273,8 @@ ORGAN_MENTIONS = [
     "Islamic Development Bank approves $500 million for Pakistan",
     "البنك الإسلامي للتنمية يوقع اتفاقية مع مصر",
     "بانک توسعه اسلامی ۲۰۰ میلیون دلار به ایران وام داد",
+    "وام بانک توسعه‌ی اسلامی به پاکستان",
+    "نشست کمیته‌ی قدس در رباط",
     "IsDB annual meetings open in Riyadh",
     "Banque islamique de développement : nouveau financement au Sénégal",
     "ICESCO director-general visits Rabat",

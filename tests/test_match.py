@@ -92,6 +92,8 @@ def test_regex_terms_search_the_match_key() -> None:
     assert _names(matcher, "The Organization for Islamic Cooperation") == ["w"]
     assert _names(matcher, "organisation of the ISLAMIC conference") == ["w"]
     assert _names(matcher, "Organization of American States") == []
+    cased = _watches({"name": "w", "any": ["/OI[CA]/"], "case_sensitive": ["/OI[CA]/"]})
+    assert _names(cased, "OIC") == ["w"] and _names(cased, "oic") == []
     spans = matcher.match(MatchInput(title="Big: Organization for Islamic"))[0].spans
     assert [(s.start, s.end, s.text) for s in spans] == [(5, 29, "Organization for Islamic")]
 

@@ -85,7 +85,7 @@ def test_item_key_stores_fields_one_per_line() -> None:
 def test_field_key_maps_back_to_the_text() -> None:
     text = "<i>x</i> سازمـانِ  همكاري‌ها ۹کیلومتر ﷲ OIC"
     f = FieldKey.of(text)
-    assert f.text == "x سازمـانِ  همكاري‌ها ۹کیلومتر ﷲ OIC"
+    assert f.text == text  # markup is masked for the key, offsets kept: spans fit `text`
     assert f.compact == "x سازمانهمکاریها9کیلومترالله oic"
     start = f.compact.index("سازمان")
     span = f.span_in_text(start, start + len("سازمانهمکاریها"))
@@ -98,6 +98,19 @@ def test_field_key_maps_back_to_the_text() -> None:
     assert f.text[span[0]:span[1]] == "ﷲ"  # a ligature is reported whole
     span = f.span_in_text(29, 32)
     assert f.text[span[0]:span[1]] == "OIC"
+
+
+def test_markup_and_entities_keep_offsets() -> None:
+    text = "<p>L&#39;<b>OCI</b>&nbsp;et <i>سازمـان</i> همکاری</p><br>AT&amp;T"
+    f = FieldKey.of(text)
+    assert f.key == "l oci et سازمان همکاری at t"
+    words = []
+    position = 0
+    for word in f.key.split(" "):
+        start, end = f.span_in_text(position, position + len(word), on_compact=False)
+        words.append(text[start:end])
+        position += len(word) + 1
+    assert words == ["L", "OCI", "et", "سازمـان", "همکاری", "AT", "T"]
 
 
 def test_spans_map_back_on_real_text() -> None:

@@ -23,6 +23,7 @@ word boundaries and the term's prefix/suffix rules.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import re
 from collections import defaultdict
@@ -472,3 +473,22 @@ class Matcher:
             out.append(Explanation(watch.config.name, match is not None, match,
                                    tuple(dict.fromkeys(reasons))))
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _terms_matcher(terms: tuple[str, ...]) -> Matcher:
+    usable = []
+    for term in terms:
+        try:
+            compile_term(term)
+        except TermError:
+            continue
+        usable.append(term)
+    return Matcher([WatchConfig(name="terms", any=usable)] if usable else [])
+
+
+def locate_terms(text: str, terms: Sequence[str]) -> list[Span]:
+    """Where these terms are in a text, found exactly as the matcher finds them: for
+    highlighting an article by the terms an alert names."""
+    matches = _terms_matcher(tuple(dict.fromkeys(terms))).match(MatchInput(title=text))
+    return [span for match in matches for span in match.spans]

@@ -152,6 +152,26 @@ def has_markup(text: str) -> bool:
     return bool(_MARKUP_HINT.search(text))
 
 
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")
+_FILLER = "\u200d"  # dropped from the key, so a masked tag joins what it stood between
+
+
+def _mask_markup(text: str) -> str:
+    """The text with markup made invisible to the key but every offset kept: scripts and
+    block tags become spaces, inline tags vanish, an entity becomes its character. Spans
+    found in the key then point into the text as given."""
+    text = _SCRIPT.sub(lambda m: " " * len(m.group()), text)
+    text = _BLOCK_TAG.sub(lambda m: " " * len(m.group()), text)
+    text = _TAG.sub(lambda m: _FILLER * len(m.group()), text)
+
+    def entity(m: re.Match[str]) -> str:
+        char = html.unescape(m.group())
+        return char + _FILLER * (len(m.group()) - len(char)) if len(char) == 1 else (
+            " " * len(m.group()))
+
+    return _ENTITY.sub(entity, text)
+
+
 def plain_text(raw: str | None) -> str:
     """Markup removed and whitespace tidied, nothing else."""
     if not raw:
@@ -207,15 +227,15 @@ class FieldKey:
     """The key of one field of an item and its compact form; on demand (only for fields
     where a term was found), its word boundaries and the way back to the original text."""
 
-    text: str  # the plain text the key was made from (spans point into it)
+    text: str  # the text as given; spans point into it
     key: str
+    source: str  # `text` with any markup masked, offset for offset: what the key folds
 
     @classmethod
     def of(cls, text: str | None) -> FieldKey:
-        plain = text or ""
-        if has_markup(plain):
-            plain = strip_markup(plain)
-        return cls(plain, _key(plain, _FOLD))
+        text = text or ""
+        source = _mask_markup(text) if has_markup(text) else text
+        return cls(text, _key(source, _FOLD), source)
 
     @_cached
     def _pieces(self) -> list[str]:
@@ -257,7 +277,7 @@ class FieldKey:
     @_cached
     def key_cased(self) -> str:
         """The key without case folding, aligned with `key` character for character."""
-        return cased_key(self.text)
+        return cased_key(self.source)
 
     @_cached
     def compact_cased(self) -> str:
@@ -268,12 +288,12 @@ class FieldKey:
         """The words of the folded text (start, end), where each starts in the key, and,
         when folding changed the length (dropped diacritics, expanded ligatures), where each
         text character's folded output ends."""
-        folded = self.text.translate(_FOLD)
+        folded = self.source.translate(_FOLD)
         words = [m.span() for m in _NON_SPACE.finditer(folded)]
         key_starts = [0, *accumulate(end - start + 1 for start, end in words)][:-1]
         ends = None
-        if len(folded) != len(self.text):
-            ends = list(accumulate(map(len, map(_FOLD.__getitem__, map(ord, self.text)))))
+        if len(folded) != len(self.source):
+            ends = list(accumulate(map(len, map(_FOLD.__getitem__, map(ord, self.source)))))
         return words, key_starts, ends
 
     def _text_position(self, key_position: int) -> int:

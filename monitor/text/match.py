@@ -319,24 +319,26 @@ class Matcher:
         self._watches: list[_Watch] = []
         for index, config in enumerate(watches):
             sensitive = set(config.case_sensitive)
-
-            def ids(terms: Iterable[str], positive: bool, index: int = index,
-                    sensitive: set[str] = sensitive) -> list[int]:
-                out = []
-                for source in terms:
-                    term_id = self._term_id(source, source in sensitive)
-                    if positive:
-                        self._owners[term_id].append(index)
-                    out.append(term_id)
-                return out
-
-            self._watches.append(_Watch(config, index, ids(config.any, True),
-                                        ids(config.all, True), ids(config.not_, False),
-                                        tuple(config.fields)))
+            any_, all_ = (self._term_ids_of(terms, sensitive, index)
+                          for terms in (config.any, config.all))
+            not_ = self._term_ids_of(config.not_, sensitive, None)
+            self._watches.append(_Watch(config, index, any_, all_, not_, tuple(config.fields)))
         self._regex_terms = [i for i, t in enumerate(self._terms) if t.regex is not None]
         self._fields = tuple(f for f in FIELDS if any(f in w.fields for w in self._watches))
         self._automaton = self._build_automaton()
         self.uses_languages = any(w.config.languages for w in self._watches)
+
+    def _term_ids_of(self, terms: Iterable[str], sensitive: set[str],
+                     owner: int | None) -> list[int]:
+        """Term ids, compiling each distinct term once; `owner` is the watch that needs
+        one of them found to be worth evaluating (None for 'not' terms)."""
+        ids = []
+        for source in terms:
+            term_id = self._term_id(source, source in sensitive)
+            if owner is not None:
+                self._owners[term_id].append(owner)
+            ids.append(term_id)
+        return ids
 
     def _term_id(self, source: str, case_sensitive: bool) -> int:
         key = (source, case_sensitive)
@@ -424,7 +426,8 @@ class Matcher:
         for t in positive if with_spans else ():
             for h in hits(t)[:MAX_SPANS - len(spans)]:
                 spans.append(self._span(h, key))
-        return Match(watch.config.name, tuple(self._terms[t].source for t in positive),
+        return Match(watch.config.name,
+                     tuple(dict.fromkeys(self._terms[t].source for t in positive)),
                      tuple(dict.fromkeys(spans))), []
 
     def _span(self, hit: _Hit, key: ItemKey) -> Span:

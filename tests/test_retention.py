@@ -50,9 +50,10 @@ def _age_everything(db: Database, days: int) -> None:
                         setattr(row, name, getattr(row, name) - shift)
 
 
-def _titles(db: Database) -> set[str]:
+def _links(db: Database) -> set[str]:
+    """The stored feed articles, by link (titles are normalized on the way in)."""
     with db.session() as session:
-        return set(session.scalars(select(Article.title).where(Article.baseline.is_(False))))
+        return set(session.scalars(select(Article.link).where(Article.baseline.is_(False))))
 
 
 def _counts(db: Database) -> dict[str, int]:
@@ -85,10 +86,10 @@ def test_prune_keeps_baseline_open_alerts_and_what_dedup_needs(
         _age_everything(db, days=400)
         now = datetime.now(UTC)
         with db.session() as session:
-            for entry, title in session.execute(
-                    select(FeedEntry, Article.title).join(Article).where(
-                        Article.title.in_([RECENT["title"], LATEST["title"]]))):
-                days = 10 if title == RECENT["title"] else 5
+            for entry, link in session.execute(
+                    select(FeedEntry, Article.link).join(Article).where(
+                        Article.link.in_([RECENT["link"], LATEST["link"]]))):
+                days = 10 if link == RECENT["link"] else 5
                 entry.last_seen = now - timedelta(days=days)
         with db.session() as session:
             baseline = session.scalar(select(func.count()).select_from(Article)
@@ -102,8 +103,8 @@ def test_prune_keeps_baseline_open_alerts_and_what_dedup_needs(
         assert _counts(db) == before
 
         assert _run(config, "prune").strip() == f"retention: removed {expected}"
-        assert _titles(db) == {UNDELIVERED["title"], CARRIED["title"], RECENT["title"],
-                               LATEST["title"]}
+        assert _links(db) == {UNDELIVERED["link"], CARRIED["link"], RECENT["link"],
+                              LATEST["link"]}
         with db.session() as session:
             assert session.scalar(select(func.count()).select_from(Article)
                                   .where(Article.baseline.is_(True))) == baseline
@@ -136,7 +137,7 @@ def test_retention_null_keeps_everything(tmp_path: Path, sqlite_url: str,
         _age_everything(db, days=4000)
         assert _run(config, "prune").startswith("retention: removed 0 deliveries, 0 alerts, "
                                                 "0 feed_entries, 0 articles, 0 stories")
-        assert _titles(db) == {PLAIN["title"], CARRIED["title"]}
+        assert _links(db) == {PLAIN["link"], CARRIED["link"]}
     finally:
         db.dispose()
 
@@ -157,9 +158,8 @@ def test_the_alert_of_a_story_still_running_is_kept(
         def retell(days_ago: int) -> None:
             """PLAIN tells the alerted story again, `days_ago` days ago."""
             with db.session() as session:
-                alerted = session.scalar(select(Article).where(
-                    Article.title == ALERTED["title"]))
-                plain = session.scalar(select(Article).where(Article.title == PLAIN["title"]))
+                alerted = session.scalar(select(Article).where(Article.link == ALERTED["link"]))
+                plain = session.scalar(select(Article).where(Article.link == PLAIN["link"]))
                 plain.story_id = alerted.story_id
                 plain.fetched = datetime.now(UTC) - timedelta(days=days_ago)
 

@@ -98,6 +98,8 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from monitor.scheduler import Daemon
+    from monitor.service import process_owner
+    from monitor.store.lock import single_daemon
 
     async def main() -> int:
         monitor = _monitor(config)
@@ -109,7 +111,8 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
             await monitor.close()
         return EXIT_OK
 
-    return asyncio.run(main())
+    with single_daemon(config.database.url, process_owner()):
+        return asyncio.run(main())
 
 
 def export_rows(db: Database):

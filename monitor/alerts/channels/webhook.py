@@ -14,6 +14,7 @@ import httpx
 from monitor.alerts.message import AlertMessage, DeliveryResult
 from monitor.alerts.render import webhook_payload
 from monitor.config import WebhookChannelConfig
+from monitor.net import PUBLIC_ONLY, GuardedTransport, NetworkPolicy
 
 
 def decode_secret(secret: str) -> bytes:
@@ -42,11 +43,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class WebhookChannel:
-    def __init__(self, config: WebhookChannelConfig, secret: str | None) -> None:
+    def __init__(self, config: WebhookChannelConfig, secret: str | None,
+                 policy: NetworkPolicy = PUBLIC_ONLY) -> None:
         self.name = config.name
         self._config = config
         self._secret = decode_secret(secret) if secret else None
-        self._client = httpx.AsyncClient(timeout=config.timeout, follow_redirects=False)
+        # The same private-network guard as feeds: a webhook URL must not reach the LAN
+        # unless network.* in the config allows it.
+        self._client = httpx.AsyncClient(timeout=config.timeout, follow_redirects=False,
+                                         transport=GuardedTransport(policy))
 
     def request(self, alert: AlertMessage, now: float | None = None) -> tuple[bytes, dict]:
         """The exact bytes and headers to send; the signature covers those bytes."""

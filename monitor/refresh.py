@@ -150,8 +150,11 @@ class Refresher:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
                                       now=now)
-            release_feed(session, feed.id, self.owner, **self._success_changes(
-                feed, planned, fetched, now, body_hash=fetched.body_hash))
+            changes = self._success_changes(feed, planned, fetched, now,
+                                            body_hash=fetched.body_hash)
+            if parsed.problem:  # entries were kept; the problem is still worth showing
+                changes["last_error"] = f"malformed: {parsed.problem}"
+            release_feed(session, feed.id, self.owner, **changes)
         return result
 
     def _success_changes(self, feed: FeedState, planned: float, fetched: Fetched,

@@ -54,9 +54,12 @@ class _Server(ThreadingHTTPServer):
 class LoopbackHTTPServer:
     """Base: serve in a thread, record every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        self.host = host
+        # Set at stop(): handlers that stall on purpose wait on it instead of sleeping.
+        self.stopping = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,7 +79,7 @@ class LoopbackHTTPServer:
 
             do_GET = do_POST = do_HEAD = _handle
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server((host, 0), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -84,13 +87,14 @@ class LoopbackHTTPServer:
         raise NotImplementedError
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> LoopbackHTTPServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -98,8 +102,8 @@ class LoopbackHTTPServer:
 class FeedServer(LoopbackHTTPServer):
     """Serves feeds by path, with ETag/Last-Modified validators and 304s."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.routes: dict[str, Route] = {}
 
     def set_feed(self, path: str, body: bytes | str, **kwargs: Any) -> str:
@@ -182,6 +186,41 @@ class SmtpServer:
 
     def stop(self) -> None:
         self._controller.stop()
+
+
+class CanaryServer:
+    """A TCP listener that only counts connections: the proof that nothing reached it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            conn.close()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> CanaryServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,

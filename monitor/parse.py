@@ -138,6 +138,23 @@ def guard_entities(body: bytes) -> tuple[bytes, str | None]:
     return text.encode(codec), note
 
 
+_CHARREF = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
+
+
+def _drop_bad_charrefs(body: bytes) -> bytes:
+    """Remove character references to NUL, surrogates or beyond Unicode: feedparser raises
+    UnicodeEncodeError on ``&#xD800;`` and PostgreSQL rejects NUL."""
+    if b"&#" not in body:
+        return body
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        code = int(match.group(1), 16) if match.group(1) else int(match.group(2))
+        bad = code == 0 or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF
+        return b"" if bad else match.group(0)
+
+    return _CHARREF.sub(replace, body)
+
+
 def _charset_fixed_headers(body: bytes, headers: dict[str, str]) -> dict[str, str]:
     """Read a feed that claims a legacy single-byte charset as UTF-8 when its bytes are valid
     UTF-8 with non-ASCII text: a wrong declaration, not a coincidence, since cp1252 or
@@ -194,8 +211,12 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers["content-location"] = url
     body, entity_note = guard_entities(body)
+    body = _drop_bad_charrefs(body)
     response_headers = _charset_fixed_headers(body, response_headers)
-    result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    try:
+        result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    except Exception as exc:  # a feedparser bug on hostile input is this feed's problem only
+        raise NotAFeed(f"the feed parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
     problem = entity_note
     if result.get("bozo"):
         exc = result.get("bozo_exception")

@@ -110,8 +110,10 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         scheduler = AsyncIOScheduler(timezone="UTC")
         # The real schedule is per feed in the database; this job is only the clock.
+        # max_instances=2: a tick still running when the next is due is skipped by _tick
+        # itself, quietly, instead of by APScheduler with a warning every time.
         scheduler.add_job(self._tick, "interval", seconds=self.config.tick, id="tick",
-                          max_instances=1, coalesce=True,
+                          max_instances=2, coalesce=True,
                           misfire_grace_time=max(int(self.config.tick * 10), 10),
                           next_run_time=None)
         scheduler.start()

@@ -6,9 +6,11 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +49,13 @@ def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
+def _insert(session: Session) -> Callable[..., Any]:
+    """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
 def url_host(url: str) -> str:
     """The host politeness is counted per (ports of one server count as one)."""
     try:
@@ -61,8 +70,11 @@ def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> 
     for feed in feeds:
         row = rows.get(feed.name)
         if row is None:
-            session.add(Feed(name=feed.name, url=feed.url, host=url_host(feed.url),
-                             next_check_at=now, created_at=now))
+            # Daemons starting together register the same feeds: the first insert wins.
+            session.execute(_insert(session)(Feed).values(
+                name=feed.name, url=feed.url, host=url_host(feed.url), state="new",
+                error_count=0, next_check_at=now, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["name"]))
         elif row.url != feed.url:
             row.url, row.host = feed.url, url_host(feed.url)
             row.etag = row.last_modified = row.body_hash = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+import aiohttp
 import brotli
 import httpx
 
@@ -90,33 +91,38 @@ def _describe(exc: BaseException) -> str:
     """A reason an analyst can act on, not a traceback."""
     if blocked := blocked_reason(exc):
         return blocked
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        kind = {
-            httpx.ConnectTimeout: "connect timeout",
-            httpx.ReadTimeout: "read timeout",
-            httpx.WriteTimeout: "write timeout",
-            httpx.PoolTimeout: "connection pool timeout",
-        }.get(type(exc), "timeout")
-        return kind
+    # httpx-aiohttp maps aiohttp's errors coarsely (a dropped connection becomes
+    # ConnectTimeout) but keeps the original as the cause, which says what happened.
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     if isinstance(exc, httpx.TooManyRedirects):
         return "too many redirects"
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc)
-        if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in text.upper() \
-                or "SSL" in text.upper():
-            return f"TLS error: {text}"[:300]
-        if "DNS lookup" in text:
-            return text[:300]
-        return f"connection failed: {text or 'refused'}"[:300]
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"protocol error: {exc}"[:300]
-    if isinstance(exc, httpx.DecodingError | zlib.error | brotli.error):
-        return f"undecodable body: {exc}"[:300]
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return f"invalid URL: {exc}"[:300]
-    if isinstance(exc, BodyTooLarge):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(cause, aiohttp.ConnectionTimeoutError | httpx.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(cause, aiohttp.SocketTimeoutError | httpx.ReadTimeout):
+        return "read timeout"
+    if isinstance(cause, TimeoutError | httpx.TimeoutException):
+        return "timeout"
+    if isinstance(cause, aiohttp.ClientSSLError | ssl.SSLError):
+        return f"TLS error: {cause}"[:300]
+    if isinstance(cause, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed for {cause.host}: {cause.os_error.strerror or cause}"[:300]
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return f"connection failed: {cause.os_error.strerror or cause}"[:300]
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return "protocol error: the server closed the connection without an answer"
+    if isinstance(cause, aiohttp.ClientPayloadError | aiohttp.ClientResponseError
+                  | httpx.RemoteProtocolError):
+        return f"protocol error: {cause}"[:300]
+    if isinstance(cause, httpx.ConnectError):
+        return f"connection failed: {cause}"[:300]
+    if isinstance(cause, httpx.DecodingError | zlib.error | brotli.error):
+        return f"undecodable body: {cause}"[:300]
+    if isinstance(cause, httpx.UnsupportedProtocol | httpx.InvalidURL
+                  | aiohttp.InvalidURL):
+        return f"invalid URL: {cause}"[:300]
+    if isinstance(cause, BodyTooLarge):
+        return str(cause)
+    return f"{type(cause).__name__}: {cause}"[:300]
 
 
 class _Decoder:
@@ -216,8 +222,6 @@ class Fetcher:
         self.config = config
         timeout = httpx.Timeout(connect=config.connect_timeout, read=config.read_timeout,
                                 write=config.read_timeout, pool=config.total_timeout)
-        limits = httpx.Limits(max_connections=config.concurrency,
-                              max_keepalive_connections=config.concurrency)
         self._client = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=True,
@@ -226,7 +230,7 @@ class Fetcher:
                      "Accept": "application/rss+xml, application/atom+xml, "
                                "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
                      "Accept-Encoding": "gzip, deflate, br"},
-            transport=transport or GuardedTransport(policy, limits=limits),
+            transport=transport or GuardedTransport(policy, config.concurrency),
         )
 
     async def close(self) -> None:

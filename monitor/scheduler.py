@@ -43,11 +43,18 @@ class Daemon:
             self._deliver_now.set()
 
     async def _tick(self) -> None:
-        """Claim what is due and start a task per feed, without waiting for them: a feed
-        that takes its full 30 s never holds back the next tick's feeds."""
+        """Start a claim in a task of its own, tracked with the refreshes, so that stopping
+        (APScheduler cancels running jobs) waits for it instead of cutting it off."""
         if self._stopping.is_set() or self._ticking or time.monotonic() < self._db_retry_at:
             return
         self._ticking = True
+        task = asyncio.create_task(self._claim_and_start())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _claim_and_start(self) -> None:
+        """Claim what is due and start a task per feed without waiting for them: a feed
+        that takes its full 30 s never holds back the next tick's feeds."""
         try:
             # Claim no more than can start soon, so that leases are not spent waiting.
             room = 2 * self.monitor.config.fetch.concurrency - len(self._in_flight)
@@ -110,10 +117,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         scheduler = AsyncIOScheduler(timezone="UTC")
         # The real schedule is per feed in the database; this job is only the clock.
-        # max_instances=2: a tick still running when the next is due is skipped by _tick
-        # itself, quietly, instead of by APScheduler with a warning every time.
         scheduler.add_job(self._tick, "interval", seconds=self.config.tick, id="tick",
-                          max_instances=2, coalesce=True,
+                          max_instances=1, coalesce=True,
                           misfire_grace_time=max(int(self.config.tick * 10), 10),
                           next_run_time=None)
         scheduler.start()

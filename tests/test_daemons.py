@@ -86,7 +86,7 @@ def test_three_daemons_share_feeds_and_alerts_and_survive_a_sigkill(
         feed_server.set_feed(f"/f/{i}", rss([item(i, 0, False)]))
     config = write_config(
         tmp_path / "monitor.yaml", pg_url,
-        database={"url": pg_url, "lease_seconds": 4},
+        database={"url": pg_url, "lease_seconds": 6},
         feeds=[{"name": f"feed-{i}", "url": feed_server.url(f"/f/{i}"), "interval": interval}
                for i in range(feeds)],
         watches=[{"name": "oic", "any": ["OIC"], "channels": ["hook"]}],
@@ -109,8 +109,12 @@ def test_three_daemons_share_feeds_and_alerts_and_survive_a_sigkill(
                                                      item(i, 0, False)]))
 
         publish(1, range(0, 60))
-        time.sleep(3 * interval)
-        daemons[0].send_signal(signal.SIGKILL)  # mid-cycle: its leases must expire
+        assert wait_until(lambda: len(webhook_receiver.posts) >= 60, timeout=20)
+        # Killed mid-cycle, holding feed leases that must expire. Not mid-send: a process
+        # killed between sending and recording a delivery sends it again after restart
+        # (same webhook-id, for the receiver to drop); the outbox tests cover that case.
+        time.sleep(1)
+        daemons[0].send_signal(signal.SIGKILL)
         daemons[0].wait()
         killed = time.time()
         publish(2, range(60, 120))
@@ -125,7 +129,8 @@ def test_three_daemons_share_feeds_and_alerts_and_survive_a_sigkill(
     posts = webhook_receiver.posts
     ids = [p.headers["webhook-id"] for p in posts]
     titles = sorted(json.loads(p.body)["data"]["article"]["title"] for p in posts)
-    assert len(posts) == 120 and len(set(ids)) == 120, "each alert exactly once"
+    assert (len(posts), len(set(ids)), len(set(titles))) == (120, 120, 120), \
+        "each alert exactly once"
     assert titles == sorted({f"OIC statement {i}-{1 + (i >= 60)}" for i in range(120)})
 
     # Server-side request log: never twice within one interval, and no feed left behind
@@ -137,13 +142,17 @@ def test_three_daemons_share_feeds_and_alerts_and_survive_a_sigkill(
     assert len(times) == feeds
     gaps = [b - a for at in times.values() for a, b in pairwise(sorted(at))]
     assert min(gaps) > interval * 0.9 - 0.3, f"a feed was fetched twice: gap {min(gaps):.2f}"
-    assert max(gaps) < interval * 1.05 + 4 + 2.5, f"a feed was stuck: gap {max(gaps):.2f}"
+    # Liveness has slack for a loaded 2-core machine; duplicates (above) have none.
+    assert max(gaps) < interval * 1.05 + 6 + 4, f"a feed was stuck: gap {max(gaps):.2f}"
     expected = (ended - started) / interval
     counts = [len(at) for at in times.values()]
-    assert min(counts) >= expected * 0.6 and max(counts) <= expected + 1
+    assert min(counts) >= expected * 0.4 and max(counts) <= expected + 1
+    after_kill = {path for path, at in times.items() if max(at) > killed + 6 + interval}
+    assert len(after_kill) == feeds  # the dead daemon's feeds were taken over
     print(f"\n3 daemons, {feeds} feeds every {interval:g} s, {ended - started:.0f} s "
           f"(one killed after {killed - started:.0f} s): fetches per feed {min(counts)}-"
-          f"{max(counts)} (ideal {expected:.1f}), gaps {min(gaps):.2f}-{max(gaps):.2f} s, "
+          f"{max(counts)} (ideal {expected:.1f}), gaps {min(gaps):.2f}-{max(gaps):.2f} s "
+          f"({sum(g > 2 * interval for g in gaps)} waited for a dead daemon's lease), "
           f"{len(posts)} alerts delivered once each")
 
 

@@ -209,7 +209,7 @@ def test_misbehaving_feeds_are_recorded_and_do_not_hurt_the_good_one(
         "true": f"too large: Content-Length {200 * MB} > {15 * MB} bytes",
         "chunked": f"too large: body exceeds {15 * MB} bytes",
         "bomb": f"too large: body exceeds {15 * MB} bytes after decompression",
-        "lie-short": "not a feed",
+        "lie-short": "protocol error",  # more bytes than declared
         "lie-long": "protocol error",
         "loop": "too many redirects",
         "hops30": "too many redirects",

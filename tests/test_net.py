@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiohttp.resolver import ThreadedResolver
 
 from monitor.alerts.channels import build_active_channels
 from monitor.alerts.message import AlertMessage, ArticleView
@@ -39,18 +41,21 @@ def fetch(url: str, policy: NetworkPolicy = PUBLIC_ONLY) -> str | None:
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("template", [
-    "http://127.0.0.1:{port}/feed",
-    "http://localhost:{port}/feed",  # a name that resolves to loopback
-    "http://127.0.0.1:1\\@localhost:{port}/feed",  # parser confusion
-    "http://2130706433:{port}/feed",  # 127.0.0.1 as one number
-    "http://0x7f.1:{port}/feed",  # ... in hex, shortened
-    "http://[::ffff:127.0.0.1]:{port}/feed",  # IPv4-mapped IPv6
-    "http://0.0.0.0:{port}/feed",  # unspecified: Linux connects it to localhost
+@pytest.mark.parametrize(("template", "refusal"), [
+    ("http://127.0.0.1:{port}/feed", "blocked: "),
+    ("http://localhost:{port}/feed", "blocked: "),  # a name that resolves to loopback
+    ("http://127.0.0.1:1\\@localhost:{port}/feed", "blocked: "),  # parser confusion
+    ("http://[::ffff:127.0.0.1]:{port}/feed", "blocked: "),  # IPv4-mapped IPv6
+    ("http://0.0.0.0:{port}/feed", "blocked: "),  # unspecified: Linux means localhost
+    # 127.0.0.1 as one number: aiohttp refuses it before any lookup...
+    ("http://2130706433:{port}/feed", "invalid URL: 2130706433 - is not a canonical"),
+    # ... in hex, shortened: resolved by the system, then refused by the guard.
+    ("http://0x7f.1:{port}/feed", "blocked: 0x7f.1 resolves to non-public address"),
 ])
-def test_loopback_in_any_spelling_is_refused(canary: CanaryServer, template: str) -> None:
+def test_loopback_in_any_spelling_is_refused(canary: CanaryServer, template: str,
+                                             refusal: str) -> None:
     error = fetch(template.format(port=canary.port))
-    assert error is not None and error.startswith("blocked: "), error
+    assert error is not None and error.startswith(refusal), error
     assert canary.connections == 0
 
 
@@ -74,11 +79,12 @@ def test_a_name_with_one_private_answer_is_refused(monkeypatch: pytest.MonkeyPat
     and since it connects to the address it checked, a second lookup never happens."""
     lookups: list[str] = []
 
-    async def resolve(host: str, port: int) -> list:
+    async def resolve(self: object, host: str, port: int = 0, family: int = 0) -> list:
         lookups.append(host)
-        return [ipaddress.ip_address("8.8.8.8"), ipaddress.ip_address("127.0.0.1")]
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0} for address in ("8.8.8.8", "127.0.0.1")]
 
-    monkeypatch.setattr("monitor.net._resolve", resolve)
+    monkeypatch.setattr(ThreadedResolver, "resolve", resolve)
     error = fetch(f"http://rebind.example:{canary.port}/")
     assert error is not None and "non-public address 127.0.0.1" in error
     assert lookups == ["rebind.example"] and canary.connections == 0

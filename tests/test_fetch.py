@@ -203,13 +203,15 @@ def test_misbehaving_feeds_are_recorded_and_do_not_hurt_the_good_one(
 
     assert outcomes["good"].result == "stored" and outcomes["good"].new_articles == 1
     assert outcomes["hops5"].result == "stored"  # five redirects are allowed
-    expected = {
+    expected: dict[str, str | tuple[str, ...]] = {
         "silent": "read timeout",
         "trickle": "total timeout after 5 s",
         "true": f"too large: Content-Length {200 * MB} > {15 * MB} bytes",
         "chunked": f"too large: body exceeds {15 * MB} bytes",
         "bomb": f"too large: body exceeds {15 * MB} bytes after decompression",
-        "lie-short": "protocol error",  # more bytes than declared
+        # The declared 1,000 zero bytes are not a feed; when the surplus arrives in the same
+        # read, aiohttp calls it the protocol error it is. Either way it stops there.
+        "lie-short": ("not a feed", "protocol error"),
         "lie-long": "protocol error",
         "loop": "too many redirects",
         "hops30": "too many redirects",
@@ -235,10 +237,11 @@ def test_misbehaving_feeds_are_recorded_and_do_not_hurt_the_good_one(
     # A cp1252 body declared as UTF-8 is read as cp1252 and the mismatch is noted.
     assert outcomes["wrong-charset"].result == "stored"
     assert "CharacterEncoding" in rows["wrong-charset"].last_error
-    # Retry-After pushes the next check: 120 s, about 2 h, and garbage is plain backoff.
+    # Retry-After pushes the next check: 120 s (or the backoff, 60 s * 2 +- 10 %, if
+    # longer), about 2 h, and garbage is plain backoff.
     now = datetime.now(UTC)
     assert timedelta(seconds=110) < rows["429-seconds"].next_check_at - now \
-        < timedelta(seconds=125)
+        < timedelta(seconds=133)
     assert timedelta(minutes=115) < rows["429-date"].next_check_at - now < timedelta(hours=2)
     assert rows["429-garbage"].next_check_at - now < timedelta(seconds=140)
     # ... for every feed of that host, not only the one that was told.

@@ -16,15 +16,13 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 import brotli
 import httpx
 
 from monitor.config import FetchConfig
-from monitor.net import PUBLIC_ONLY, NetworkPolicy, blocked_reason
+from monitor.net import PUBLIC_ONLY, NetworkPolicy, blocked_reason, parse_retry_after
 
 # Decoded output per step: a compression bomb never expands by more than this at once.
 _DECODE_STEP = 64 * 1024
@@ -64,22 +62,6 @@ class Fetched:
 
 class BodyTooLarge(Exception):
     pass
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP-date); None if garbage."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def parse_max_age(cache_control: str | None) -> float | None:

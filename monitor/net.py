@@ -17,6 +17,8 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 from aiohttp import ClientSession, TCPConnector
@@ -143,6 +145,25 @@ class GuardedTransport(AiohttpTransport):
             # refuses a request that has both.
             request.url = request.url.copy_with(username=None, password=None)
         return await super().handle_async_request(request)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP-date); None if garbage.
+
+    Shared by feeds (429/503 pause a host) and webhooks (a receiver asks for a pause).
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def blocked_reason(exc: BaseException) -> str | None:

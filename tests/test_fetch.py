@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 
 from monitor.config import FetchConfig, ScheduleConfig, load_config, load_secrets
-from monitor.fetch import Fetcher, HostGate, parse_max_age, parse_retry_after
-from monitor.net import NetworkPolicy
+from monitor.fetch import Fetcher, HostGate, parse_max_age
+from monitor.net import NetworkPolicy, parse_retry_after
 from monitor.refresh import backoff_delay, planned_interval
 from monitor.service import Monitor
 from monitor.store.models import Feed

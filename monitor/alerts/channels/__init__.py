@@ -1,12 +1,12 @@
-"""Delivery channels. Every channel has one interface: `await channel.send(alert)` returns a
-`DeliveryResult` instead of raising for transport failures."""
+"""Delivery channels. Every channel has one interface: `await channel.send(message)` (one
+alert or a digest) returns a `DeliveryResult` instead of raising for transport failures."""
 
 from __future__ import annotations
 
 import logging
 from typing import Protocol
 
-from monitor.alerts.message import AlertMessage, DeliveryResult
+from monitor.alerts.message import DeliveryResult, Outgoing
 from monitor.config import (
     ChannelConfig,
     Config,
@@ -24,7 +24,7 @@ _log = logging.getLogger(__name__)
 class Channel(Protocol):
     name: str
 
-    async def send(self, alert: AlertMessage) -> DeliveryResult: ...
+    async def send(self, message: Outgoing) -> DeliveryResult: ...
 
     async def close(self) -> None: ...
 
@@ -41,7 +41,8 @@ def build_channel(config: ChannelConfig, secrets: Secrets,
         from monitor.net import network_policy
 
         return WebhookChannel(config, secrets.get(config.secret_env),
-                              network_policy(network or NetworkConfig()))
+                              url=secrets.get(config.url_env),
+                              policy=network_policy(network or NetworkConfig()))
     if isinstance(config, EmailChannelConfig):
         from monitor.alerts.channels.email import EmailChannel
 

@@ -22,7 +22,13 @@ import brotli
 import httpx
 
 from monitor.config import FetchConfig
-from monitor.net import PUBLIC_ONLY, NetworkPolicy, blocked_reason, parse_retry_after
+from monitor.net import (
+    PUBLIC_ONLY,
+    GuardedTransport,
+    NetworkPolicy,
+    blocked_reason,
+    parse_retry_after,
+)
 
 # Decoded output per step: a compression bomb never expands by more than this at once.
 _DECODE_STEP = 64 * 1024
@@ -108,8 +114,8 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Decoder:
-    """Content-Encoding decoding in bounded steps (httpx decodes a whole read at once, and a
-    64 KiB read of a gzip bomb is 64 MiB)."""
+    """Content-Encoding decoding in bounded steps. The engine hands over raw bytes; decoding
+    each read whole would turn one 64 KiB read of a gzip bomb into 64 MiB at once."""
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
@@ -199,8 +205,6 @@ class Fetcher:
 
     def __init__(self, config: FetchConfig, policy: NetworkPolicy = PUBLIC_ONLY,
                  transport: httpx.AsyncBaseTransport | None = None):
-        from monitor.net import GuardedTransport
-
         self.config = config
         timeout = httpx.Timeout(connect=config.connect_timeout, read=config.read_timeout,
                                 write=config.read_timeout, pool=config.total_timeout)

@@ -265,7 +265,7 @@ class Monitor:
         if missing:
             return DeliveryResult.failure(f"channel {name} is inactive: set "
                                           f"{', '.join(missing)}", permanent=True)
-        channel = build_channel(channel_config, self.secrets)
+        channel = build_channel(channel_config, self.secrets, self.config.network)
         try:
             result = await channel.send(sample_alert(name, self.clock()))
         finally:

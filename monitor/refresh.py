@@ -28,6 +28,7 @@ from monitor.store.queries import (
     store_candidates,
     url_host,
 )
+from monitor.stories import DEFAULT_RULES, StoryRules
 from monitor.text.match import Matcher
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,14 @@ def planned_interval(interval: float, schedule: ScheduleConfig, hints: Sequence[
 class Refresher:
     def __init__(self, db: Database, fetcher: Fetcher, matcher: Matcher,
                  channels_for: Callable[[str], Sequence[str]], owner: str,
-                 schedule: ScheduleConfig | None = None, hosts: HostGate | None = None,
-                 patience: float = 60.0) -> None:
+                 rules: StoryRules = DEFAULT_RULES, schedule: ScheduleConfig | None = None,
+                 hosts: HostGate | None = None, patience: float = 60.0) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
         self.channels_for = channels_for
         self.owner = owner
+        self.rules = rules
         self.schedule = schedule or ScheduleConfig()
         self.hosts = hosts or HostGate(fetcher.config.per_host_concurrency,
                                        fetcher.config.per_host_spacing)
@@ -149,7 +151,7 @@ class Refresher:
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
-                                      now=now)
+                                      now=now, rules=self.rules)
             changes = self._success_changes(feed, planned, fetched, now,
                                             body_hash=fetched.body_hash)
             if parsed.problem:  # entries were kept; the problem is still worth showing

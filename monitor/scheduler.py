@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import time
 from collections.abc import Coroutine
@@ -35,8 +36,9 @@ from monitor.config import (
     secret_values,
 )
 from monitor.logs import add_secrets
-from monitor.service import Monitor
+from monitor.service import Monitor, is_database_error, short_error
 from monitor.store.models import Feed
+from monitor.store.queries import FeedState
 from monitor.web import Endpoint, Response
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,15 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._deliver_now = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
-        # A reload swaps the matcher and channels only between cycles and deliveries.
-        self._cycle_lock = asyncio.Lock()
+        self._ticking = False
+        self._db_failures = 0
+        self._db_retry_at = 0.0  # monotonic; no database work before it
+        # A reload swaps the channels only between two delivery passes.
         self._delivery_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
         self._started = time.monotonic()
-        self._last_cycle: float | None = None
+        self._last_cycle: float | None = None  # monotonic time of the last completed claim
         self.endpoint: Endpoint | None = None
         self.started = asyncio.Event()  # set once the clock runs (tests and reload wait on it)
 
@@ -73,30 +77,63 @@ class Daemon:
             self._stopping.set()
             self._deliver_now.set()
 
-    async def _tracked(self, work: Coroutine[Any, Any, Any]) -> Any:
-        # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
+    async def _tick(self) -> None:
+        """Start a claim in a task of its own, tracked with the refreshes, so that stopping
+        (APScheduler cancels running jobs) waits for it instead of cutting it off."""
+        if self._stopping.is_set() or self._ticking or time.monotonic() < self._db_retry_at:
+            return
+        self._ticking = True
+        self._spawn(self._claim_and_start())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """A task tracked with the in-flight work, so that stopping waits for it."""
         task = asyncio.create_task(work)
         self._in_flight.add(task)
-        try:
-            return await task
-        finally:
-            self._in_flight.discard(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
 
-    async def _tick(self) -> None:
-        if self._stopping.is_set() or self._cycle_lock.locked():
-            return
-        async with self._cycle_lock:
+    async def _claim_and_start(self) -> None:
+        """Claim what is due and start a task per feed without waiting for them: a feed
+        that takes its full 30 s never holds back the next tick's feeds."""
+        try:
+            # Claim no more than can start soon, so that leases are not spent waiting.
             started = time.monotonic()
-            try:
-                outcomes = await self._tracked(self.monitor.refresh_feeds())
-            except Exception:
-                # The database may be away for a while; log and try again on the next tick.
-                log.exception("poll cycle failed")
-                return
+            room = 2 * self.monitor.config.fetch.concurrency - len(self._in_flight)
+            feeds = await self.monitor.claim_feeds(room)
+            self._database_back()
             self._last_cycle = time.monotonic()
             metrics.record_cycle(time.time(), self._last_cycle - started)
-            if any(o.alerts for o in outcomes):
-                self._deliver_now.set()
+            for feed in feeds:
+                self._spawn(self._refresh(feed))
+        except Exception as exc:
+            self._database_trouble(exc, "claiming feeds")
+        finally:
+            self._ticking = False
+
+    async def _refresh(self, feed: FeedState) -> None:
+        outcome = await self.monitor.refresh(feed)
+        if outcome.alerts:
+            self._deliver_now.set()
+
+    def _database_trouble(self, exc: Exception, doing: str) -> None:
+        """Back off while the database is away (restarted, network cut): one warning per
+        attempt, no traceback, and nothing queued is lost: it is all in the database."""
+        if not is_database_error(exc):
+            log.exception("%s failed", doing)
+            return
+        self._db_failures += 1
+        delay = min(2 ** (self._db_failures - 1), 30) * random.uniform(0.8, 1.2)
+        self._db_retry_at = time.monotonic() + delay
+        log.warning("database unavailable while %s (%s); retrying in %.0f s",
+                    doing, short_error(exc), delay)
+
+    def _database_back(self) -> None:
+        if self._db_failures:
+            log.info("database reachable again after %d failed attempt%s", self._db_failures,
+                     "" if self._db_failures == 1 else "s")
+            self._db_failures = 0
+            self._db_retry_at = 0.0
+            self._deliver_now.set()  # deliveries queued during the outage go out now
 
     async def _delivery_loop(self) -> None:
         while not self._stopping.is_set():
@@ -105,22 +142,25 @@ class Daemon:
             self._deliver_now.clear()
             if self._stopping.is_set():
                 break
+            if time.monotonic() < self._db_retry_at:
+                continue
             try:
                 async with self._delivery_lock:
                     summary = await self.monitor.deliver()
+                self._database_back()
                 if summary.attempted >= 200:
                     self._deliver_now.set()  # more may be waiting
-            except Exception:
-                log.exception("delivery cycle failed")
+            except Exception as exc:
+                self._database_trouble(exc, "delivering alerts")
 
     async def _prune(self) -> None:
         if self._stopping.is_set():
             return
         try:
-            report = await self._tracked(asyncio.to_thread(
+            report = await self._spawn(asyncio.to_thread(
                 retention.prune, self.monitor.db, self.monitor.config, datetime.now(UTC)))
-        except Exception:
-            log.exception("retention: pruning failed; it runs again at the next interval")
+        except Exception as exc:
+            self._database_trouble(exc, "pruning (it runs again at the next interval)")
             return
         metrics.record_pruned(report.removed)
         log.info("%s", report.describe())
@@ -129,13 +169,12 @@ class Daemon:
 
     def request_reload(self) -> None:
         if not self._stopping.is_set():
-            task = asyncio.create_task(self.reload())
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._spawn(self.reload())
 
     async def reload(self) -> bool:
-        """Re-read the config file. A valid one takes effect between two cycles; an invalid
-        one is logged with its YAML paths and the running configuration stays."""
+        """Re-read the config file. A valid one takes effect at once (refreshes already
+        running finish with the old settings); an invalid one is logged with its YAML paths
+        and the running configuration stays."""
         if self.config_path is None:
             log.warning("reload: the daemon was not started from a config file")
             return False
@@ -155,7 +194,7 @@ class Daemon:
             secrets = load_secrets(config)
             add_secrets(secret_values(config, secrets))
             try:
-                async with self._cycle_lock, self._delivery_lock:
+                async with self._delivery_lock:
                     await self.monitor.reconfigure(config, secrets)
             except Exception:
                 # Registering the feeds comes before any swap, so a database error here
@@ -263,6 +302,7 @@ class Daemon:
         log.info("monitor stopped")
 
     async def _drain(self, delivery: asyncio.Task) -> None:
+        # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
         pending = [*self._in_flight, delivery]
         _, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
         for task in not_done:

@@ -257,8 +257,11 @@ class Daemon:
         try:
             await endpoint.start()
         except OSError as exc:
-            raise ConfigError([f"http.listen: cannot listen on {listen}: {exc.strerror or exc}"]
-                              ) from None
+            # Alerting matters more than its dashboard: run on, and say so loudly (a second
+            # daemon on one host needs its own http.listen).
+            log.error("http.listen: cannot listen on %s (%s); running without /healthz and "
+                      "/metrics", listen, exc.strerror or exc)
+            return
         self.endpoint = endpoint
 
     # --- running -----------------------------------------------------------------------

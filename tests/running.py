@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from monitor.cli import main
 from monitor.config import load_config, load_secrets
 from monitor.scheduler import Daemon
 from monitor.service import Monitor
@@ -50,6 +52,13 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1) ->
         if value or loop.time() > deadline:
             return bool(value)
         await asyncio.sleep(interval)
+
+
+def run_cli(config: Path, *args: str) -> str:
+    """A `monitor` command in this process; its output. It must exit 0."""
+    out = io.StringIO()
+    assert main(["--config", str(config), *args], out=out) == 0
+    return out.getvalue()
 
 
 @contextmanager

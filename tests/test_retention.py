@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from monitor.cli import main
 from monitor.config import ConfigError, parse_config
 from monitor.store.database import Database
 from monitor.store.models import Alert, Article, Delivery, FeedEntry, Story
 from tests.conftest import write_config
+from tests.running import run_cli
 from tests.servers import FeedServer, WebhookReceiver, rss
 
 
@@ -28,12 +27,6 @@ UNDELIVERED = item("u", "نشست ژنو درباره آب")  # its alert's chan
 CARRIED = item("k", "بازار کتاب تهران")  # still in the feed's document
 RECENT = item("r", "گزارش بورس")  # left the feed 10 days ago
 LATEST = item("r2", "گزارش بانک مرکزی")
-
-
-def _run(config: Path, *args: str) -> str:
-    out = io.StringIO()
-    assert main(["--config", str(config), *args], out=out) == 0
-    return out.getvalue()
 
 
 def _age_everything(db: Database, days: int) -> None:
@@ -76,10 +69,10 @@ def test_prune_keeps_baseline_open_alerts_and_what_dedup_needs(
         channels=[{"name": "log", "type": "log"},
                   {"name": "hook", "type": "webhook", "url": webhook_receiver.url("/hook")}],
         retention={"articles": "180d", "delivered_alerts": "90d"})
-    _run(config, "poll")
+    run_cli(config, "poll")
     feed_server.set_feed("/news.xml", rss([CARRIED]))
     feed_server.set_feed("/other.xml", rss([LATEST]))
-    _run(config, "poll")
+    run_cli(config, "poll")
 
     db = Database(db_url)
     try:
@@ -98,11 +91,11 @@ def test_prune_keeps_baseline_open_alerts_and_what_dedup_needs(
         before = _counts(db)
 
         expected = ("1 deliveries, 1 alerts, 2 feed_entries, 2 articles, 2 stories")
-        assert _run(config, "prune", "--dry-run").strip() == (
+        assert run_cli(config, "prune", "--dry-run").strip() == (
             f"retention: would remove {expected}")
         assert _counts(db) == before
 
-        assert _run(config, "prune").strip() == f"retention: removed {expected}"
+        assert run_cli(config, "prune").strip() == f"retention: removed {expected}"
         assert _links(db) == {UNDELIVERED["link"], CARRIED["link"], RECENT["link"],
                               LATEST["link"]}
         with db.session() as session:
@@ -115,10 +108,10 @@ def test_prune_keeps_baseline_open_alerts_and_what_dedup_needs(
 
         # What the feeds still carry is still known: polling again stores nothing new,
         # and the undelivered alert is still in the outbox.
-        poll = _run(config, "poll")
+        poll = run_cli(config, "poll")
         assert "news: stored, 0 new" in poll or "news: not_modified" in poll
         assert _counts(db)["articles"] == after["articles"]
-        assert "retention: removed 0 deliveries" in _run(config, "prune")
+        assert "retention: removed 0 deliveries" in run_cli(config, "prune")
     finally:
         db.dispose()
 
@@ -129,13 +122,13 @@ def test_retention_null_keeps_everything(tmp_path: Path, sqlite_url: str,
     config = write_config(tmp_path / "monitor.yaml", sqlite_url,
                           feeds=[{"name": "news", "url": news}],
                           retention={"articles": None, "delivered_alerts": None})
-    _run(config, "poll")
+    run_cli(config, "poll")
     feed_server.set_feed("/news.xml", rss([CARRIED]))
-    _run(config, "poll")
+    run_cli(config, "poll")
     db = Database(sqlite_url)
     try:
         _age_everything(db, days=4000)
-        assert _run(config, "prune").startswith("retention: removed 0 deliveries, 0 alerts, "
+        assert run_cli(config, "prune").startswith("retention: removed 0 deliveries, 0 alerts, "
                                                 "0 feed_entries, 0 articles, 0 stories")
         assert _links(db) == {PLAIN["link"], CARRIED["link"]}
     finally:
@@ -150,7 +143,7 @@ def test_the_alert_of_a_story_still_running_is_kept(
         tmp_path / "monitor.yaml", db_url, feeds=[{"name": "news", "url": news}],
         watches=[{"name": "oic", "any": ["سازمان همکاری اسلامی"], "channels": ["log"]}],
         channels=[{"name": "log", "type": "log"}])
-    _run(config, "poll")
+    run_cli(config, "poll")
     db = Database(db_url)
     try:
         _age_everything(db, days=400)
@@ -164,10 +157,10 @@ def test_the_alert_of_a_story_still_running_is_kept(
                 plain.fetched = datetime.now(UTC) - timedelta(days=days_ago)
 
         retell(days_ago=1)  # inside the 3-day stories window: the story is still running
-        assert "0 alerts" in _run(config, "prune")
+        assert "0 alerts" in run_cli(config, "prune")
         assert _counts(db)["alerts"] == 1
         retell(days_ago=10)  # the story went quiet: its old, delivered alert may go
-        assert "1 deliveries, 1 alerts" in _run(config, "prune")
+        assert "1 deliveries, 1 alerts" in run_cli(config, "prune")
         assert _counts(db)["alerts"] == 0
     finally:
         db.dispose()

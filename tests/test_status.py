@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import unicodedata
 from datetime import UTC, datetime
@@ -11,20 +10,14 @@ from pathlib import Path
 import pytest
 
 from monitor.alerts.outbox import set_channel_state
-from monitor.cli import main
 from monitor.status import FSI, PDI, display_width, isolate, table
 from monitor.store.database import Database
 from tests.conftest import write_config
+from tests.running import run_cli
 from tests.servers import FeedServer, WebhookReceiver, rss
 from tests.test_end_to_end import MATCHING, NOT_MATCHING
 
 GOOD, BAD = "خبرگزاری ایرنا", "bad-feed"
-
-
-def _run(config: Path, *args: str) -> str:
-    out = io.StringIO()
-    assert main(["--config", str(config), *args], out=out) == 0
-    return out.getvalue()
 
 
 def test_status_json_after_polls_with_a_good_and_a_failing_feed(
@@ -45,9 +38,9 @@ def test_status_json_after_polls_with_a_good_and_a_failing_feed(
                    "password_env": "STATUS_TEST_UNSET_PASSWORD"}])
     started = datetime.now(UTC)
     for _ in range(3):  # three consecutive errors make a feed "failing"
-        _run(config, "poll")
+        run_cli(config, "poll")
 
-    status = json.loads(_run(config, "status", "--json"))
+    status = json.loads(run_cli(config, "status", "--json"))
     feeds = {f["name"]: f for f in status["feeds"]}
     assert feeds[GOOD]["state"] == "ok"
     assert feeds[GOOD]["items_24h"] == 2
@@ -70,7 +63,7 @@ def test_status_json_after_polls_with_a_good_and_a_failing_feed(
     assert datetime.fromisoformat(channels["hook"]["last_success"]) >= started
     assert channels["mail"]["status"].startswith("inactive (set STATUS_TEST_UNSET_USER")
 
-    text = _run(config, "status")
+    text = run_cli(config, "status")
     assert f"{FSI}{GOOD}{PDI}" in text
     assert "failing" in text and "HTTP 503" in text
 
@@ -80,7 +73,7 @@ def test_status_json_after_polls_with_a_good_and_a_failing_feed(
         set_channel_state(session, "hook", "paused", "SMTP 535 bad credentials",
                           datetime.now(UTC))
     db.dispose()
-    channels = {c["name"]: c for c in json.loads(_run(config, "status", "--json"))["channels"]}
+    channels = {c["name"]: c for c in json.loads(run_cli(config, "status", "--json"))["channels"]}
     assert channels["hook"]["status"] == "paused: SMTP 535 bad credentials"
 
 

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
+from monitor.scheduler import Daemon
 from monitor.store.models import Feed
 from tests.conftest import WEBHOOK_SECRET, write_config
 from tests.running import daemon_in_loop, eventually
@@ -27,6 +28,15 @@ def parse_metrics(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def healthz_url(daemon: Daemon) -> str:
+    assert daemon.endpoint is not None
+    return f"http://127.0.0.1:{daemon.endpoint.port}/healthz"
+
+
+async def answers(client: httpx.AsyncClient, url: str, status: int) -> bool:
+    return (await client.get(url)).status_code == status
 
 
 def test_healthz_and_metrics_follow_the_daemon(
@@ -134,23 +144,18 @@ def test_healthz_is_503_with_a_reason_when_cycles_stop(
 
     async def scenario() -> None:
         async with daemon_in_loop(config) as daemon, httpx.AsyncClient() as client:
-            assert daemon.endpoint is not None
-            url = f"http://127.0.0.1:{daemon.endpoint.port}/healthz"
-
-            async def answers(code: int) -> bool:
-                return (await client.get(url)).status_code == code
-
-            assert await eventually(lambda: answers(200))
+            url = healthz_url(daemon)
+            assert await eventually(lambda: answers(client, url, 200))
             # A wedged clock: the scheduler runs, but its tick job does not fire.
             assert daemon._scheduler is not None
             daemon._scheduler.pause_job("tick")
-            assert await eventually(lambda: answers(503), timeout=5)
+            assert await eventually(lambda: answers(client, url, 503), timeout=5)
             body = (await client.get(url)).json()
             assert body["status"] == "unhealthy"
             assert body["reason"].startswith("no poll cycle has completed for")
             assert str(tmp_path) not in body["reason"]
             daemon._scheduler.resume_job("tick")
-            assert await eventually(lambda: answers(200), timeout=5)
+            assert await eventually(lambda: answers(client, url, 200), timeout=5)
 
     asyncio.run(scenario())
 
@@ -167,13 +172,8 @@ def test_healthz_is_503_while_the_database_does_not_answer(
 
     async def scenario() -> None:
         async with daemon_in_loop(config) as daemon, httpx.AsyncClient() as client:
-            assert daemon.endpoint is not None
-            url = f"http://127.0.0.1:{daemon.endpoint.port}/healthz"
-
-            async def status(code: int) -> bool:
-                return (await client.get(url)).status_code == code
-
-            assert await eventually(lambda: status(200))
+            url = healthz_url(daemon)
+            assert await eventually(lambda: answers(client, url, 200))
             await asyncio.to_thread(rename, "feeds", "feeds_away")
             try:
                 response = await client.get(url)
@@ -182,7 +182,7 @@ def test_healthz_is_503_while_the_database_does_not_answer(
                 assert db_url not in response.text
             finally:
                 await asyncio.to_thread(rename, "feeds_away", "feeds")
-            assert await eventually(lambda: status(200))
+            assert await eventually(lambda: answers(client, url, 200))
 
     try:
         asyncio.run(scenario())

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,7 @@ class Sizes:
     cold_items: int = 30
     cold_runs: int = 3
     steady_feeds: int = 2000
-    steady_items: int = 10
+    steady_items: int = 5
     steady_changed: float = 0.10
     steady_cycles: int = 5
     idle_cycles: int = 3
@@ -85,6 +86,10 @@ class WorkerProcess:
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.ready = self._read()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def _read(self) -> dict[str, Any]:
         assert self._process.stdout is not None
@@ -448,15 +453,13 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")[1:]  # the first element names the thread
-        if any("Worker.prepare" in f or "Worker.__init__" in f for f in frames) or \
-                not any("Worker.cycle" in f or "Monitor." in f for f in frames):
-            continue  # startup and idle waiting, not the ingest
+        if not frames:
+            continue
         n = int(count)
         total += n
         stages[_stage_of(frames)] += n
-        leaf = frames[-1].split(" (")[0] + " (" + frames[-1].rsplit("(", 1)[-1].split(
-            "site-packages/")[-1].split(":")[0] + ")"
-        functions[leaf] += n
+        name, _, where = frames[-1].partition(" (")
+        functions[f"{name} ({where.split('site-packages/')[-1].split(':')[0]})"] += n
     share = {k: v / total for k, v in stages.most_common()} if total else {}
     hot = [{"function": k, "share": v / total} for k, v in functions.most_common(12)]
     return {"samples": total, "stages": share, "hottest": hot}
@@ -471,32 +474,64 @@ def ensure_py_spy() -> str | None:
     return str(exe) if exe.exists() else shutil.which("py-spy")
 
 
+class Recording:
+    """py-spy attached to a running process for the span of a `with` block."""
+
+    def __init__(self, py_spy: str, pid: int, out: Path) -> None:
+        # --gil samples the thread holding the GIL: where the CPU of Python code goes,
+        # wherever the work runs (event loop or asyncio.to_thread workers).
+        self._process = subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--gil", "--rate", "200", "--format", "raw",
+             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # let it attach before the work starts
+        if self._process.poll() is not None:
+            assert self._process.stderr is not None
+            raise RuntimeError(f"py-spy failed: {self._process.stderr.read().decode()[-300:]}")
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        self._process.wait(timeout=60)
+
+
 def profile(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
+    """Profiles of one cold ingest and, in the same warm process, one cycle where every
+    feed answers 304 (what the steady cycle is made of)."""
     py_spy = ensure_py_spy()
     if py_spy is None:
         return {"name": "profile", "title": "Profile of the cold ingest", "figures": [],
                 "target": None, "met": None, "notes": ["py-spy could not be installed"]}
-    raw = out_dir / "profile-cold-ingest.txt"
+    cold_raw, idle_raw = out_dir / "profile-cold-ingest.txt", out_dir / "profile-304-cycle.txt"
     with LoopbackServer(sizes.cold_feeds, sizes.cold_items) as server, \
             tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         work = Path(tmp)
         config = bench_config(work / "monitor.yaml", _sqlite(work), server.feed_urls(),
                               server.hook_url)
-        # --gil samples the thread holding the GIL: where the CPU of Python code goes,
-        # wherever the work runs (event loop or asyncio.to_thread workers).
-        prefix = [py_spy, "record", "--gil", "--rate", "200", "--format", "raw", "--output",
-                  str(raw), "--"]
-        with WorkerProcess(config, prefix=prefix) as worker:
-            cycle = worker.call("cycle")
-        _check_cycle(cycle, "profiled cold ingest")
-    summary = summarise_profile(raw)
+        with WorkerProcess(config) as worker:
+            with Recording(py_spy, worker.pid, cold_raw):
+                cold = worker.call("cycle")
+            _check_cycle(cold, "profiled cold ingest")
+            worker.call("cycle")  # the first 304 cycle still imports a few modules lazily
+            with Recording(py_spy, worker.pid, idle_raw):
+                idle = worker.call("cycle")
+    cold_summary, idle_summary = summarise_profile(cold_raw), summarise_profile(idle_raw)
     return {"name": "profile", "title": "Profile of the cold ingest", "figures": [],
-            "target": None, "met": None, "profile": summary,
-            "raw": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
-            "notes": [f"py-spy {_py_spy_version(py_spy)}, 200 samples/s of the GIL holder "
-                      f"during one cold ingest ({summary['samples']} samples, "
-                      f"{cycle['wall']:.1f} s wall under the profiler). Library time is "
-                      "charged to the monitor stage that called the library."]}
+            "target": None, "met": None, "profile": cold_summary,
+            "profile_304_cycle": idle_summary,
+            "raw": [_shown_path(cold_raw), _shown_path(idle_raw)],
+            "notes": [f"py-spy {_py_spy_version(py_spy)} attached to the worker, 200 samples/s "
+                      f"of the thread holding the GIL: one cold ingest of "
+                      f"{sizes.cold_feeds} × {sizes.cold_items} items ({cold_summary['samples']}"
+                      f" samples, {cold['wall']:.1f} s wall under the profiler), then one cycle "
+                      f"of the same {sizes.cold_feeds} feeds all answering 304 "
+                      f"({idle_summary['samples']} samples, {idle['wall']:.2f} s). Library "
+                      "time is charged to the monitor stage that called the library."]}
+
+
+def _shown_path(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _py_spy_version(exe: str) -> str:

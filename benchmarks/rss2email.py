@@ -82,20 +82,20 @@ class Rss2Email:
 
     def run(self) -> dict[str, Any]:
         """`r2e run --no-send` once: wall and CPU seconds, peak RSS, entries it has seen."""
-        started = time.perf_counter()
-        process = subprocess.Popen(self._r2e("run", "--no-send"), env=self.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
+        log = self.workdir / "r2e-run.log"
+        with log.open("wb") as stderr:  # a file: a pipe read afterwards would fill and block
+            started = time.perf_counter()
+            process = subprocess.Popen(self._r2e("run", "--no-send"), env=self.env,
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
-        assert process.stderr is not None
-        errors = process.stderr.read().decode("utf-8", "replace").strip()
-        process.stderr.close()
+        errors = log.read_text(encoding="utf-8", errors="replace").strip()
         if process.returncode != 0:
             raise RuntimeError(f"r2e run failed ({process.returncode}): {errors[-500:]}")
         return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
                 "peak_rss_mb": usage.ru_maxrss / 1024, "seen": self.seen(),
-                "errors": errors[-300:] if errors else ""}
+                "warnings": len(errors.splitlines())}
 
     def seen(self) -> int:
         """Entries rss2email has recorded as processed, over all feeds."""

@@ -156,7 +156,7 @@ def _met(value: Any) -> str:
 
 
 _STANDARD_KEYS = {"name", "title", "figures", "target", "met", "notes", "elapsed_s", "error",
-                  "profile", "raw"}
+                  "profile", "profile_304_cycle", "raw"}
 
 
 def render(results: dict[str, Any]) -> str:
@@ -182,8 +182,9 @@ def render(results: dict[str, Any]) -> str:
     ]
     for bench in results["benchmarks"]:
         status = "failed: " + bench["error"] if bench.get("error") else _met(bench.get("met"))
-        if not bench.get("figures") and not bench.get("error") and bench.get("notes"):
-            status = bench["notes"][0]
+        if not bench.get("target") and not bench.get("error"):
+            notes = bench.get("notes") or [""]
+            status = notes[0] if notes[0].startswith("not yet available") else "see below"
         lines.append(f"| {bench['title']} | {bench.get('target') or '–'} | {status} |")
     for bench in results["benchmarks"]:
         lines += ["", f"## {bench['title']}", ""]
@@ -207,22 +208,25 @@ def render(results: dict[str, Any]) -> str:
         for note in bench.get("notes") or []:
             lines.append(f"- {note}")
         if bench.get("profile"):
-            lines += _render_profile(bench)
+            lines += _render_profile("the cold ingest", bench["profile"])
+        if bench.get("profile_304_cycle"):
+            lines += _render_profile("a cycle where every feed answers 304",
+                                     bench["profile_304_cycle"])
+        if bench.get("raw"):
+            lines.append("- raw collapsed stacks: " + ", ".join(f"`{r}`" for r in bench["raw"]))
         lines.append(f"- took {bench.get('elapsed_s', 0):.0f} s")
     if NOTES.exists() and not results["quick"]:
         lines += ["", NOTES.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
 
 
-def _render_profile(bench: dict[str, Any]) -> list[str]:
-    summary = bench["profile"]
-    lines = ["", "Where the time goes, by stage (share of samples):", "",
+def _render_profile(what: str, summary: dict[str, Any]) -> list[str]:
+    lines = ["", f"Where the time goes in {what}, by stage (share of samples):", "",
              "| stage | share |", "|---|---|"]
     lines += [f"| {stage} | {share:.0%} |" for stage, share in summary["stages"].items()]
     lines += ["", "Hottest functions (self time):", "", "| function | share |", "|---|---|"]
     lines += [f"| `{h['function']}` | {h['share']:.1%} |" for h in summary["hottest"]]
-    lines += ["", f"Raw collapsed stacks: `{bench.get('raw')}`.", ""]
-    return lines
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from monitor.config import (
     ConfigError,
     channel_missing_secrets,
     load_config,
+    load_fault_pauses,
     load_secrets,
 )
 from monitor.logs import setup_logging
@@ -28,13 +29,13 @@ from monitor.store.database import Database, DatabaseError
 
 log = logging.getLogger("monitor")
 
-EXIT_OK, EXIT_CONFIG, EXIT_DATABASE = 0, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
 
 
 def _monitor(config: Config):
     from monitor.service import Monitor
 
-    return Monitor(config, load_secrets(config))
+    return Monitor(config, load_secrets(config), fault_pauses=load_fault_pauses())
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -54,8 +55,23 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
         missing = channel_missing_secrets(channel, secrets)
         status = ("disabled" if not channel.enabled else
                   f"inactive, set {', '.join(missing)}" if missing else "active")
-        out.write(f"  - {channel.name} ({channel.type}): {status}\n")
+        out.write(f"  - {channel.name} ({channel.type}): {status}{_pacing(channel)}\n")
     return EXIT_OK
+
+
+def _pacing(channel) -> str:
+    """How a channel paces its alerts, for check-config: empty when it sends at once."""
+    parts = []
+    if channel.mode == "digest":
+        digest = channel.digest
+        parts.append("digest " + (", ".join(t.strftime("%H:%M") for t in sorted(digest.at))
+                                  if digest.at else f"every {digest.interval / 60:g} min"))
+    if channel.rate_limit:
+        parts.append(f"at most {channel.rate_limit}/hour")
+    if channel.quiet_hours:
+        q = channel.quiet_hours
+        parts.append(f"quiet {q.start:%H:%M}-{q.end:%H:%M}")
+    return f"; {', '.join(parts)} ({channel.timezone})" if parts else ""
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -139,6 +155,115 @@ def cmd_export(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_alerts(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.alerts import outbox
+
+    db = Database(config.database.url)
+    db.migrate()
+    now = datetime.now(UTC)
+    if args.action == "retry":
+        if not args.targets and not args.dead:
+            print("monitor: alerts retry needs delivery ids or --dead", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            ids = [int(t) for t in args.targets]
+        except ValueError:
+            print("monitor: alerts retry: delivery ids are numbers (see `monitor alerts`)",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        with db.session() as session:
+            queued, problems = outbox.requeue(session, now, ids, dead=args.dead)
+        for problem in problems:
+            out.write(f"{problem}\n")
+        out.write(f"re-queued {queued} deliveries; a running daemon sends them within "
+                  f"{config.scheduler.delivery_interval:g} s\n")
+        return EXIT_OK if queued or not problems else EXIT_FAILED
+    if args.action == "resume":
+        names = {c.name for c in config.channels}
+        unknown = [t for t in args.targets if t not in names]
+        if not args.targets or unknown:
+            print(f"monitor: alerts resume needs channel names from the config "
+                  f"({', '.join(sorted(names))})", file=sys.stderr)
+            return EXIT_CONFIG
+        with db.session() as session:
+            for name in args.targets:
+                changed = outbox.set_channel_state(session, name, "active", None, now)
+                out.write(f"channel {name}: {'resumed' if changed else 'was already active'}\n")
+        return EXIT_OK
+    with db.session() as session:
+        stopped = outbox.stopped_channels(session)
+        counts = outbox.state_counts(session)
+        rows = outbox.recent_deliveries(session, args.limit, args.state, args.channel)
+    channels = [{
+        "name": c.name, "type": c.type, "mode": c.mode,
+        "state": stopped[c.name].state if c.name in stopped else "active",
+        "reason": stopped[c.name].reason if c.name in stopped else None,
+        "deliveries": counts.get(c.name, {}),
+    } for c in config.channels]
+    if args.json:
+        out.write(json.dumps({"channels": channels, "deliveries": rows}, ensure_ascii=False,
+                             indent=2) + "\n")
+        return EXIT_OK
+    out.write("channels:\n")
+    for c in channels:
+        tally = ", ".join(f"{n} {state}" for state, n in sorted(c["deliveries"].items()))
+        out.write(f"  {c['name']} ({c['type']}, {c['mode']}): {c['state']}"
+                  f"{' — ' + tally if tally else ''}\n")
+        if c["reason"]:
+            out.write(f"    {c['reason']}\n")
+    out.write(f"recent deliveries ({len(rows)}, newest first):\n")
+    for r in rows:
+        detail = ""
+        if r["state"] in ("failed", "pending") and r["next_attempt"]:
+            detail = f" next {r['next_attempt'][:19]}"
+        if r["last_error"] and r["state"] != "delivered":
+            detail += f" — {r['last_error']}"
+        out.write(f"  {r['id']:>6} {r['created'][:19]} {r['channel']:<14} {r['state']:<10} "
+                  f"attempts {r['attempts']:<2} [{r['watch']}] {r['title'][:70]}{detail}\n")
+    return EXIT_OK
+
+
+def cmd_test_alert(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    if args.channel not in {c.name for c in config.channels}:
+        print(f"monitor: no channel named {args.channel!r} (channels: "
+              f"{', '.join(c.name for c in config.channels)})", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> int:
+        monitor = _monitor(config)
+        try:
+            monitor.db.migrate()
+            result = await monitor.test_alert(args.channel)
+        finally:
+            await monitor.close()
+        if result.ok:
+            out.write(f"channel {args.channel}: test alert delivered\n")
+            return EXIT_OK
+        out.write(f"channel {args.channel}: test alert FAILED: {result.error}\n")
+        return EXIT_FAILED
+
+    return asyncio.run(main())
+
+
+def _alerts_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("retry", "resume"),
+                        help="retry: re-queue dead/failed deliveries by id (or --dead); "
+                             "resume: re-enable disabled or paused channels by name")
+    parser.add_argument("targets", nargs="*", help="delivery ids (retry) or channel names")
+    parser.add_argument("--dead", action="store_true", help="retry: every dead delivery")
+    parser.add_argument("--limit", type=int, default=30, help="how many recent deliveries")
+    parser.add_argument("--state", choices=("held", "pending", "delivering", "delivered",
+                                            "failed", "dead"))
+    parser.add_argument("--channel")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _test_alert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("channel", help="a channel name from the config")
+
+
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], str]] = {
     "run": (cmd_run, "run the daemon in the foreground"),
     "poll": (cmd_poll, "poll every feed once, deliver the resulting alerts, exit"),
@@ -146,6 +271,12 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "export": (cmd_export, "print every stored article as JSON lines"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
+    "alerts": (cmd_alerts, "list recent alerts and their delivery state; retry; resume"),
+    "test-alert": (cmd_test_alert, "send a sample alert through one channel and report"),
+}
+ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "alerts": _alerts_arguments,
+    "test-alert": _test_alert_arguments,
 }
 
 
@@ -158,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("MONITOR_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name in ARGUMENTS:
+            ARGUMENTS[name](command)
     return parser
 
 

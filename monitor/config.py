@@ -10,8 +10,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -123,9 +125,93 @@ class WatchConfig(_Strict):
         return self
 
 
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
+_CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock_time(value: Any) -> time:
+    """A local time of day written ``"HH:MM"``."""
+    if isinstance(value, time):
+        return value
+    match = _CLOCK_TIME.match(str(value).strip()) if isinstance(value, str | int) else None
+    if not match:
+        raise ValueError(f"expected a time of day such as '07:30', got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+
+
+class RetryConfig(_Strict):
+    """When a failed delivery is tried again: each of `delays` once, then every `then`,
+    until `give_up_after` has passed since it was first sendable; then it is dead."""
+
+    delays: list[Duration] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000])
+    then: Duration = 3600.0
+    give_up_after: Duration = 3 * 86400.0
+
+
+class EmailRetryConfig(RetryConfig):
+    # RFC 5321 practice for 4xx answers, shortened to a day for news that goes stale.
+    delays: list[Duration] = Field(default_factory=lambda: [60, 300])
+    then: Duration = 1800.0
+    give_up_after: Duration = 86400.0
+
+
+class DigestConfig(_Strict):
+    """When a digest goes out: every N (aligned to local midnight) or at fixed local times."""
+
+    every: Duration | None = None
+    at: list[ClockTime] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> DigestConfig:
+        if self.every is not None and self.at:
+            raise ValueError("choose either 'every' or 'at', not both")
+        return self
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between digests when no fixed times are given (default 30 min)."""
+        return None if self.at else (self.every or 1800.0)
+
+
+class QuietHoursConfig(_Strict):
+    """Local times between which alerts are held, then sent as one digest."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHoursConfig:
+        if self.start == self.end:
+            raise ValueError("start and end are the same time")
+        return self
+
+
 class _ChannelBase(_Strict):
     name: str = Field(min_length=1)
     enabled: bool = True
+    mode: Literal["immediate", "digest"] = "immediate"
+    digest: DigestConfig = Field(default_factory=DigestConfig)
+    rate_limit: int | None = Field(None, ge=1)  # messages per hour; the rest go in a digest
+    quiet_hours: QuietHoursConfig | None = None
+    timezone: str = "Asia/Tehran"  # for quiet hours and digest times
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as "
+                             "'Asia/Tehran')") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 class LogChannelConfig(_ChannelBase):
@@ -134,17 +220,28 @@ class LogChannelConfig(_ChannelBase):
 
 class WebhookChannelConfig(_ChannelBase):
     type: Literal["webhook"]
-    url: str
+    url: str | None = None
+    url_env: str | None = None  # for URLs that embed a token (Slack, Discord, Telegram)
+    format: Literal["json", "slack", "discord", "telegram"] = "json"
+    chat_id: str | None = None  # telegram only
     secret_env: str | None = None
-    timeout: Duration = 15.0
+    timeout: Duration = 15.0  # for the whole attempt: connect, send, and the full answer
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.lower().startswith(("http://", "https://")):
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.lower().startswith(("http://", "https://")):
             raise ValueError(f"a webhook url must be http or https, got {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookChannelConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of 'url' and 'url_env'")
+        if self.format == "telegram" and not self.chat_id:
+            raise ValueError("format telegram needs 'chat_id'")
+        return self
 
 
 class EmailChannelConfig(_ChannelBase):
@@ -155,14 +252,26 @@ class EmailChannelConfig(_ChannelBase):
     ssl: bool = False
     username_env: str | None = None
     password_env: str | None = None
+    # Credentials over an unencrypted connection only when the operator says so (a relay
+    # on localhost); otherwise configuring a login without TLS is an error.
+    allow_plaintext_auth: bool = False
     from_: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
     timeout: Duration = 30.0
+    retry: RetryConfig = Field(default_factory=EmailRetryConfig)
 
     @model_validator(mode="after")
-    def _one_tls_mode(self) -> EmailChannelConfig:
+    def _safe_transport(self) -> EmailChannelConfig:
         if self.starttls and self.ssl:
             raise ValueError("choose either starttls or ssl, not both")
+        if ((self.username_env or self.password_env) and not (self.starttls or self.ssl)
+                and not self.allow_plaintext_auth):
+            raise ValueError("a login over plain SMTP would send the password unencrypted: "
+                             "set starttls: true or ssl: true (or allow_plaintext_auth: true "
+                             "for a trusted local relay)")
+        for address in (self.from_, *self.to):
+            if _HEADER_BREAK.search(address):
+                raise ValueError(f"address {address!r} contains a line break")
         return self
 
 
@@ -233,7 +342,7 @@ def channel_missing_secrets(channel: ChannelConfig, secrets: Secrets) -> list[st
     """
     names: list[str | None] = []
     if isinstance(channel, WebhookChannelConfig):
-        names = [channel.secret_env]
+        names = [channel.secret_env, channel.url_env]
     elif isinstance(channel, EmailChannelConfig):
         names = [channel.username_env, channel.password_env]
     return [n for n in names if n and secrets.get(n) is None]
@@ -308,8 +417,20 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
     env = os.environ if env is None else env
     wanted: set[str] = set()
     for channel in config.channels:
-        if isinstance(channel, WebhookChannelConfig) and channel.secret_env:
-            wanted.add(channel.secret_env)
+        if isinstance(channel, WebhookChannelConfig):
+            wanted.update(n for n in (channel.secret_env, channel.url_env) if n)
         elif isinstance(channel, EmailChannelConfig):
             wanted.update(n for n in (channel.username_env, channel.password_env) if n)
     return Secrets({name: env[name] for name in wanted if name in env})
+
+
+def load_fault_pauses(env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Test hook for crash tests: ``MONITOR_FAULT_PAUSE="after_claim=30"`` makes delivery
+    sleep at that point so a test can kill the daemon there. Unset in normal use."""
+    env = os.environ if env is None else env
+    pauses: dict[str, float] = {}
+    for part in (env.get("MONITOR_FAULT_PAUSE") or "").split(","):
+        name, _, seconds = part.partition("=")
+        if name.strip() and seconds.strip():
+            pauses[name.strip()] = float(seconds)
+    return pauses

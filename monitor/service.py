@@ -10,14 +10,25 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from monitor.alerts.channels import Channel, build_active_channels
-from monitor.alerts.message import AlertMessage, DeliveryResult
-from monitor.alerts.outbox import claim_deliveries, record_result
+from prometheus_client import Counter
+
+from monitor.alerts.channels import Channel, build_active_channels, build_channel
+from monitor.alerts.message import DeliveryResult, Outgoing
+from monitor.alerts.outbox import (
+    RetryPolicy,
+    claim_messages,
+    delivery_ids,
+    pace_channel,
+    record_result,
+    set_channel_state,
+)
+from monitor.alerts.sample import sample_alert
 from monitor.articles import prepare as prepare_candidate
-from monitor.config import Config, Secrets
+from monitor.config import Config, Secrets, channel_missing_secrets
 from monitor.fetch import Fetcher
 from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
@@ -26,6 +37,9 @@ from monitor.store.queries import claim_due_feeds, store_candidates, sync_feeds
 from monitor.text.match import Matcher
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTERS = Counter("monitor_alert_dead_letters", "Deliveries given up on, by channel",
+                       ["channel"])
 
 
 @dataclass
@@ -43,8 +57,13 @@ def process_owner() -> str:
 
 
 class Monitor:
-    def __init__(self, config: Config, secrets: Secrets, db: Database | None = None) -> None:
+    def __init__(self, config: Config, secrets: Secrets, db: Database | None = None,
+                 clock: Callable[[], datetime] | None = None,
+                 fault_pauses: Mapping[str, float] | None = None) -> None:
         self.config = config
+        # Injectable so digest and quiet-hours behaviour can be tested without waiting.
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.fault_pauses = dict(fault_pauses or {})
         self.secrets = secrets
         self.db = db or Database(config.database.url)
         self.owner = process_owner()
@@ -131,23 +150,36 @@ class Monitor:
 
     # --- delivering --------------------------------------------------------------------
 
+    async def _fault_pause(self, point: str) -> None:
+        seconds = self.fault_pauses.get(point)
+        if seconds:
+            log.warning("fault pause %s: sleeping %.0f s (MONITOR_FAULT_PAUSE)", point, seconds)
+            await asyncio.sleep(seconds)
+
+    def _pace(self, now: datetime) -> None:
+        with self.db.session() as session:
+            for name in sorted(self.channels):  # one order everywhere: no lock cycles
+                pace_channel(session, self.config.channel(name), now)
+
     async def deliver(self, limit: int = 200) -> DeliverySummary:
-        """Send the due deliveries of every active channel once."""
+        """Pace each active channel, then send its due messages once, concurrently."""
         summary = DeliverySummary()
         if not self.channels:
             return summary
         lease = timedelta(seconds=self.config.database.lease_seconds)
 
-        def claim() -> list[AlertMessage]:
+        def claim() -> list[Outgoing]:
+            now = self.clock()
+            self._pace(now)
             with self.db.session() as session:
-                return claim_deliveries(session, self.owner, self.channels,
-                                        datetime.now(UTC), lease, limit)
+                return claim_messages(session, self.owner, self.channels, now, lease, limit)
 
         messages = await asyncio.to_thread(claim)
         if not messages:
             return summary
+        await self._fault_pause("after_claim")
 
-        async def send(message: AlertMessage) -> tuple[AlertMessage, DeliveryResult]:
+        async def send(message: Outgoing) -> tuple[Outgoing, DeliveryResult]:
             try:
                 return message, await self.channels[message.channel].send(message)
             except Exception as exc:  # a channel bug is a failed attempt, not a crash
@@ -155,23 +187,61 @@ class Monitor:
                 return message, DeliveryResult.failure(f"internal error: {exc}")
 
         results = await asyncio.gather(*(send(m) for m in messages))
+        await self._fault_pause("after_send")
 
         def record() -> None:
             with self.db.session() as session:
                 for message, result in results:
-                    state = record_result(session, message.delivery_id, self.owner, result,
-                                          datetime.now(UTC))
-                    summary.attempted += 1
-                    if state == "delivered":
-                        summary.delivered += 1
-                    elif state in ("failed", "dead"):
-                        summary.failed += state == "failed"
-                        summary.dead += state == "dead"
-                        summary.errors.append(f"{message.channel}: {result.error}")
-                        log.warning("channel %s: delivery %s %s: %s", message.channel,
-                                    message.message_id,
-                                    "dead-lettered" if state == "dead" else "will be retried",
-                                    result.error)
+                    policy = RetryPolicy.from_config(self.config.channel(message.channel).retry)
+                    state = record_result(session, delivery_ids(message), self.owner, result,
+                                          self.clock(), policy)
+                    self._account(summary, message, result, state)
 
         await asyncio.to_thread(record)
         return summary
+
+    def _account(self, summary: DeliverySummary, message: Outgoing, result: DeliveryResult,
+                 state: str | None) -> None:
+        if state is None:
+            return  # the lease was lost; the process that took it over records the result
+        summary.attempted += 1
+        if state == "delivered":
+            summary.delivered += 1
+            return
+        summary.errors.append(f"{message.channel}: {result.error}")
+        if result.channel_state:
+            log.error("channel %s is %s: %s", message.channel, result.channel_state,
+                      result.error)
+        elif state == "dead":
+            summary.dead += 1
+            DEAD_LETTERS.labels(message.channel).inc()
+            log.error("channel %s: delivery %s dead-lettered after %d attempt(s): %s "
+                      "(`monitor alerts --state dead` lists it, `monitor alerts retry` "
+                      "re-queues it)", message.channel, message.message_id, message.attempt,
+                      result.error)
+        else:
+            summary.failed += 1
+            log.warning("channel %s: delivery %s will be retried: %s", message.channel,
+                        message.message_id, result.error)
+
+    async def test_alert(self, name: str) -> DeliveryResult:
+        """Send a sample alert through one channel now, outside the outbox. Success also
+        resumes a channel that was disabled or paused."""
+        channel_config = self.config.channel(name)
+        missing = channel_missing_secrets(channel_config, self.secrets)
+        if missing:
+            return DeliveryResult.failure(f"channel {name} is inactive: set "
+                                          f"{', '.join(missing)}", permanent=True)
+        channel = build_channel(channel_config, self.secrets)
+        try:
+            result = await channel.send(sample_alert(name, self.clock()))
+        finally:
+            await channel.close()
+        if result.ok:
+            def resume() -> bool:
+                with self.db.session() as session:
+                    return set_channel_state(session, name, "active", None, self.clock())
+
+            if await asyncio.to_thread(resume):
+                log.info("channel %s resumed after a successful test alert", name)
+        return result

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from monitor.alerts.message import DeliveryResult
-from monitor.alerts.outbox import claim_deliveries, record_result
+from monitor.alerts.outbox import claim_messages, pace_channel, record_result
 from monitor.articles import prepare
-from monitor.config import FeedConfig, WatchConfig
+from monitor.config import FeedConfig, LogChannelConfig, WatchConfig
 from monitor.parse import Entry
 from monitor.store.database import Database
 from monitor.store.models import Article, Delivery, Feed
@@ -104,18 +104,20 @@ def test_leases_hand_work_to_one_owner(db_url: str) -> None:
         assert len(claim_due_feeds(s, "two", ["a"], now + 2 * lease, lease, 10)) == 1
 
     with db.session() as s:
-        [message] = claim_deliveries(s, "one", ["c"], now, lease)
+        pace_channel(s, LogChannelConfig(name="c", type="log"), now)
     with db.session() as s:
-        assert claim_deliveries(s, "two", ["c"], now, lease) == []
+        [message] = claim_messages(s, "one", ["c"], now, lease)
+    with db.session() as s:
+        assert claim_messages(s, "two", ["c"], now, lease) == []
     later = now + 2 * lease
     with db.session() as s:  # "one" was killed mid-send; "two" takes the claim over
-        [again] = claim_deliveries(s, "two", ["c"], later, lease)
+        [again] = claim_messages(s, "two", ["c"], later, lease)
     assert again.message_id == message.message_id  # receivers can drop the repeat
     with db.session() as s:
-        assert record_result(s, message.delivery_id, "one", DeliveryResult.success(),
+        assert record_result(s, [message.delivery_id], "one", DeliveryResult.success(),
                              later) is None
-        assert record_result(s, again.delivery_id, "two", DeliveryResult.success(),
+        assert record_result(s, [again.delivery_id], "two", DeliveryResult.success(),
                              later) == "delivered"
     with db.session() as s:
-        assert claim_deliveries(s, "three", ["c"], later + 10 * lease, lease) == []
+        assert claim_messages(s, "three", ["c"], later + 10 * lease, lease) == []
     db.dispose()

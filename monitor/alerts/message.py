@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,23 @@ class AlertMessage:
     story_id: int
     attempt: int = 1
     other_sources: tuple[str, ...] = field(default_factory=tuple)
+    delivered_to: tuple[str, ...] = ()  # email recipients that already accepted it
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Several held alerts sent as one message (digest mode, after quiet hours, or what a
+    rate limit kept back). Its id is as stable across retries as a single alert's."""
+
+    message_id: str
+    channel: str
+    alerts: tuple[AlertMessage, ...]
+    created_at: datetime
+    attempt: int = 1
+    delivered_to: tuple[str, ...] = ()
+
+
+Outgoing = AlertMessage | Digest
 
 
 @dataclass(frozen=True)
@@ -40,14 +58,21 @@ class DeliveryResult:
 
     ok: bool
     error: str | None = None
-    permanent: bool = False  # no point retrying (5xx SMTP, 4xx webhook other than 408/429)
+    permanent: bool = False  # no point retrying (5xx SMTP)
     retry_after: float | None = None  # seconds, from a Retry-After header
+    # Email recipients that accepted the message in this attempt (all of them when ok).
+    accepted: tuple[str, ...] = ()
+    # The channel itself must stop until the operator acts: webhook 410 -> "disabled",
+    # SMTP 535 -> "paused". The delivery stays queued for when it is resumed.
+    channel_state: Literal["disabled", "paused"] | None = None
 
     @classmethod
-    def success(cls) -> DeliveryResult:
-        return cls(ok=True)
+    def success(cls, accepted: tuple[str, ...] = ()) -> DeliveryResult:
+        return cls(ok=True, accepted=accepted)
 
     @classmethod
-    def failure(cls, error: str, *, permanent: bool = False,
-                retry_after: float | None = None) -> DeliveryResult:
-        return cls(ok=False, error=error, permanent=permanent, retry_after=retry_after)
+    def failure(cls, error: str, *, permanent: bool = False, retry_after: float | None = None,
+                accepted: tuple[str, ...] = (),
+                channel_state: Literal["disabled", "paused"] | None = None) -> DeliveryResult:
+        return cls(ok=False, error=error, permanent=permanent, retry_after=retry_after,
+                   accepted=accepted, channel_state=channel_state)

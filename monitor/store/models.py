@@ -155,7 +155,9 @@ class Alert(Base):
 class Delivery(Base):
     """The outbox: one row per (alert, channel), claimed with a lease before sending.
 
-    state: pending -> delivering -> delivered | failed (retried) -> dead.
+    state: pending -> delivering -> delivered | failed (retried) -> dead; `held` waits for
+    a digest (digest mode, quiet hours, rate limit). A row is sendable once `released_at`
+    is set; rows sharing a `batch_id` are one digest message, sent and recorded together.
     """
 
     __tablename__ = "deliveries"
@@ -176,5 +178,22 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+    released_at: Mapped[datetime | None]
+    batch_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Email recipients that already accepted it: a retry goes only to the others.
+    delivered_to: Mapped[list[Any] | None]
 
     alert: Mapped[Alert] = relationship(back_populates="deliveries")
+
+
+class ChannelState(Base):
+    """What the daemon learned about a channel at run time and must remember across
+    restarts: disabled (webhook 410), paused (SMTP 535), and when its next digest is due."""
+
+    __tablename__ = "channel_states"
+
+    channel: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), default="active")  # active disabled paused
+    reason: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_digest_at: Mapped[datetime | None]

@@ -1,12 +1,12 @@
-"""Delivery channels. Every channel has one interface: `await channel.send(alert)` returns a
-`DeliveryResult` instead of raising for transport failures."""
+"""Delivery channels. Every channel has one interface: `await channel.send(message)` (one
+alert or a digest) returns a `DeliveryResult` instead of raising for transport failures."""
 
 from __future__ import annotations
 
 import logging
 from typing import Protocol
 
-from monitor.alerts.message import AlertMessage, DeliveryResult
+from monitor.alerts.message import DeliveryResult, Outgoing
 from monitor.config import (
     ChannelConfig,
     Config,
@@ -23,7 +23,7 @@ _log = logging.getLogger(__name__)
 class Channel(Protocol):
     name: str
 
-    async def send(self, alert: AlertMessage) -> DeliveryResult: ...
+    async def send(self, message: Outgoing) -> DeliveryResult: ...
 
     async def close(self) -> None: ...
 
@@ -37,7 +37,8 @@ def build_channel(config: ChannelConfig, secrets: Secrets) -> Channel:
     if isinstance(config, WebhookChannelConfig):
         from monitor.alerts.channels.webhook import WebhookChannel
 
-        return WebhookChannel(config, secrets.get(config.secret_env))
+        return WebhookChannel(config, secrets.get(config.secret_env),
+                              url=secrets.get(config.url_env))
     if isinstance(config, EmailChannelConfig):
         from monitor.alerts.channels.email import EmailChannel
 

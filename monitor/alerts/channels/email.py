@@ -1,4 +1,10 @@
-"""Email delivery over SMTP: plain, STARTTLS or SSL, optional auth. smtplib in a thread."""
+"""Email delivery over SMTP (plain, STARTTLS or SSL; smtplib in a worker thread).
+
+The conversation is driven step by step so that each recipient's answer is known: the
+recipients that accepted are recorded, and a retry goes only to the others. 250 after
+DATA is success; 4xx is retried; 5xx is permanent; 535 on AUTH pauses the channel. With
+`starttls: true` a server that does not offer STARTTLS gets nothing, not a plaintext copy.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import smtplib
 import ssl
 from datetime import UTC, datetime
 
-from monitor.alerts.message import AlertMessage, DeliveryResult
+from monitor.alerts.message import DeliveryResult, Outgoing
 from monitor.alerts.render import email_message
 from monitor.config import EmailChannelConfig
 
@@ -20,42 +26,111 @@ class EmailChannel:
         self._username = username
         self._password = password
 
-    async def send(self, alert: AlertMessage) -> DeliveryResult:
-        return await asyncio.to_thread(self._send_sync, alert)
+    async def send(self, message: Outgoing) -> DeliveryResult:
+        return await asyncio.to_thread(self._send_sync, message)
 
-    def _send_sync(self, alert: AlertMessage) -> DeliveryResult:
+    def _connect(self) -> smtplib.SMTP:
         c = self._config
-        message = email_message(alert, c.from_, c.to, datetime.now(UTC))
         context = ssl.create_default_context()
+        if c.ssl:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout,
+                                                  context=context)
+        else:
+            smtp = smtplib.SMTP(c.host, c.port, timeout=c.timeout)
         try:
-            smtp_class = smtplib.SMTP_SSL if c.ssl else smtplib.SMTP
-            kwargs = {"context": context} if c.ssl else {}
-            with smtp_class(c.host, c.port, timeout=c.timeout, **kwargs) as smtp:
+            smtp.ehlo()
+            if c.starttls:
+                if not smtp.has_extn("starttls"):
+                    raise _Refused("the server does not offer STARTTLS and the channel "
+                                   "requires it; nothing was sent in plaintext")
+                smtp.starttls(context=context)
                 smtp.ehlo()
-                if c.starttls:
-                    # starttls() raises if the server does not offer it: no plaintext fallback.
-                    smtp.starttls(context=context)
-                    smtp.ehlo()
-                if self._username and self._password:
-                    smtp.login(self._username, self._password)
-                refused = smtp.send_message(message, from_addr=c.from_, to_addrs=c.to)
-        except smtplib.SMTPRecipientsRefused as exc:
-            return DeliveryResult.failure(f"all recipients refused: {sorted(exc.recipients)}",
-                                          permanent=True)
+            if self._username and self._password:
+                smtp.login(self._username, self._password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _send_sync(self, message: Outgoing) -> DeliveryResult:
+        c = self._config
+        pending = [r for r in c.to if r not in message.delivered_to]
+        if not pending:
+            return DeliveryResult.success()
+        mail = email_message(message, c.from_, c.to, datetime.now(UTC))
+        try:
+            smtp = self._connect()
+        except _Refused as exc:
+            return DeliveryResult.failure(str(exc))
+        except smtplib.SMTPAuthenticationError as exc:
+            return DeliveryResult.failure(
+                f"SMTP {exc.smtp_code} authentication failed: {_text(exc.smtp_error)}; check "
+                f"{c.username_env} and {c.password_env}. The channel is paused until "
+                f"`monitor alerts resume {self.name}` or a successful "
+                f"`monitor test-alert {self.name}`", channel_state="paused")
         except smtplib.SMTPResponseException as exc:
-            return DeliveryResult.failure(f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}",
-                                          permanent=500 <= exc.smtp_code < 600)
-        except smtplib.SMTPNotSupportedError as exc:
-            return DeliveryResult.failure(f"SMTP: {exc}")
+            return _answer_failure("connect", exc.smtp_code, exc.smtp_error)
         except (smtplib.SMTPException, OSError) as exc:
             return DeliveryResult.failure(f"{type(exc).__name__}: {exc}"[:300])
-        if refused:
-            return DeliveryResult.failure(f"some recipients refused: {sorted(refused)}",
-                                          permanent=True)
-        return DeliveryResult.success()
+        try:
+            # SMTP needs CRLF line ends; smtplib does not convert them for bytes.
+            data = mail.as_bytes(policy=mail.policy.clone(linesep="\r\n"))
+            return self._transaction(smtp, data, pending)
+        except smtplib.SMTPServerDisconnected as exc:
+            # If DATA was under way we cannot know whether it was taken; the retry carries
+            # the same Message-ID so the receiving side can drop a repeat.
+            return DeliveryResult.failure(f"connection dropped: {exc}"[:300])
+        except smtplib.SMTPResponseException as exc:
+            return _answer_failure("", exc.smtp_code, exc.smtp_error)
+        except (smtplib.SMTPException, OSError) as exc:
+            return DeliveryResult.failure(f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+
+    def _transaction(self, smtp: smtplib.SMTP, data: bytes,
+                     recipients: list[str]) -> DeliveryResult:
+        code, answer = smtp.mail(self._config.from_)
+        if code != 250:
+            smtp.rset()
+            return _answer_failure("MAIL FROM", code, answer)
+        accepted: list[str] = []
+        refused: dict[str, tuple[int, bytes]] = {}
+        for recipient in recipients:
+            code, answer = smtp.rcpt(recipient)
+            if code in (250, 251):
+                accepted.append(recipient)
+            else:
+                refused[recipient] = (code, answer)
+        if accepted:
+            code, answer = smtp.data(data)
+            if code != 250:
+                return _answer_failure("DATA", code, answer)
+        else:
+            smtp.rset()
+        if not refused:
+            return DeliveryResult.success(tuple(accepted))
+        detail = "; ".join(f"{r}: {code} {_text(answer)}" for r, (code, answer) in
+                           refused.items())
+        # Retry only if some refusal was temporary; those that accepted are not sent again.
+        permanent = all(code >= 500 for code, _ in refused.values())
+        return DeliveryResult.failure(f"recipient(s) refused: {detail}"[:500],
+                                      permanent=permanent, accepted=tuple(accepted))
 
     async def close(self) -> None:
         return None
+
+
+class _Refused(Exception):
+    """A transport we must not use: the message is not sent."""
+
+
+def _answer_failure(step: str, code: int, answer: bytes | str) -> DeliveryResult:
+    where = f"{step}: " if step else ""
+    return DeliveryResult.failure(f"{where}SMTP {code} {_text(answer)}",
+                                  permanent=500 <= code < 600)
 
 
 def _text(value: bytes | str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from monitor.alerts.message import AlertMessage, DeliveryResult
+from monitor.alerts.message import DeliveryResult, Digest, Outgoing
 from monitor.config import LogChannelConfig
 
 log = logging.getLogger("monitor.alerts")
@@ -14,10 +14,14 @@ class LogChannel:
     def __init__(self, config: LogChannelConfig) -> None:
         self.name = config.name
 
-    async def send(self, alert: AlertMessage) -> DeliveryResult:
-        a = alert.article
-        log.info("ALERT [%s] %s — %s (%s) matched: %s", alert.watch, a.title, a.link or "-",
-                 a.feed, ", ".join(alert.matched))
+    async def send(self, message: Outgoing) -> DeliveryResult:
+        alerts = message.alerts if isinstance(message, Digest) else (message,)
+        if isinstance(message, Digest):
+            log.info("DIGEST %s: %d alerts", message.message_id, len(alerts))
+        for alert in alerts:
+            a = alert.article
+            log.info("ALERT [%s] %s — %s (%s) matched: %s", alert.watch, a.title,
+                     a.link or "-", a.feed, ", ".join(alert.matched))
         return DeliveryResult.success()
 
     async def close(self) -> None:

@@ -1,18 +1,33 @@
-"""Webhook delivery: JSON POST signed per the Standard Webhooks spec."""
+"""Webhook delivery: JSON POST signed per the Standard Webhooks spec, or the payload shape of
+Slack / Discord incoming webhooks or the Telegram Bot API.
+
+Only a 2xx answer is success. Redirects are not followed (a 3xx is a failure that names
+the new location). 410 Gone disables the channel until the operator resumes it. The whole
+attempt (connect, send, read the full answer) has one deadline, so a receiver that
+trickles bytes cannot hold a delivery for longer than `timeout`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import json
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
-from monitor.alerts.message import AlertMessage, DeliveryResult
-from monitor.alerts.render import webhook_payload
+from monitor.alerts.message import DeliveryResult, Outgoing
+from monitor.alerts.render import (
+    discord_payload,
+    slack_payload,
+    telegram_payload,
+    webhook_payload,
+)
 from monitor.config import WebhookChannelConfig
 
 
@@ -35,42 +50,83 @@ def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 class WebhookChannel:
-    def __init__(self, config: WebhookChannelConfig, secret: str | None) -> None:
+    def __init__(self, config: WebhookChannelConfig, secret: str | None,
+                 url: str | None = None) -> None:
         self.name = config.name
         self._config = config
+        self._url = url or config.url
         self._secret = decode_secret(secret) if secret else None
         self._client = httpx.AsyncClient(timeout=config.timeout, follow_redirects=False)
 
-    def request(self, alert: AlertMessage, now: float | None = None) -> tuple[bytes, dict]:
+    def body(self, message: Outgoing) -> bytes:
+        c = self._config
+        if c.format == "slack":
+            payload = slack_payload(message)
+        elif c.format == "discord":
+            payload = discord_payload(message)
+        elif c.format == "telegram":
+            payload = telegram_payload(message, c.chat_id or "")
+        else:
+            payload = webhook_payload(message)
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def request(self, message: Outgoing, now: float | None = None) -> tuple[bytes, dict]:
         """The exact bytes and headers to send; the signature covers those bytes."""
-        body = json.dumps(webhook_payload(alert), ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
+        body = self.body(message)
         timestamp = int(time.time() if now is None else now)
         headers = {**self._config.headers, "content-type": "application/json",
-                   "webhook-id": alert.message_id, "webhook-timestamp": str(timestamp)}
+                   "webhook-id": message.message_id, "webhook-timestamp": str(timestamp)}
         if self._secret is not None:
-            headers["webhook-signature"] = sign(self._secret, alert.message_id, timestamp, body)
+            headers["webhook-signature"] = sign(self._secret, message.message_id, timestamp,
+                                                body)
         return body, headers
 
-    async def send(self, alert: AlertMessage) -> DeliveryResult:
-        body, headers = self.request(alert)
+    async def send(self, message: Outgoing) -> DeliveryResult:
+        body, headers = self.request(message)
+        deadline = self._config.timeout
         try:
-            response = await self._client.post(self._config.url, content=body, headers=headers)
+            async with asyncio.timeout(deadline):
+                response = await self._client.post(self._url or "", content=body,
+                                                    headers=headers)
+        except TimeoutError:
+            return DeliveryResult.failure(f"no complete answer within {deadline:g} s")
         except httpx.HTTPError as exc:
-            return DeliveryResult.failure(f"{type(exc).__name__}: {exc}"[:300])
-        if 200 <= response.status_code < 300:
+            # The URL may carry a token (Slack, Telegram): name the error, not the request.
+            return DeliveryResult.failure(f"{type(exc).__name__}: {exc}"[:300]
+                                          .replace(self._url or "\0", "<url>"))
+        status = response.status_code
+        if 200 <= status < 300:
             return DeliveryResult.success()
-        # Only 2xx is success; redirects are not followed. Everything else is retried.
-        return DeliveryResult.failure(
-            f"HTTP {response.status_code}",
-            retry_after=_retry_after(response.headers.get("retry-after")))
+        if status == 410:
+            return DeliveryResult.failure(
+                "HTTP 410 Gone: the receiver says this webhook no longer exists; the channel "
+                f"is disabled until `monitor alerts resume {self.name}`",
+                channel_state="disabled")
+        if 300 <= status < 400:
+            location = response.headers.get("location", "?")
+            return DeliveryResult.failure(
+                f"HTTP {status} redirect to {location[:200]} not followed; update the "
+                "channel url if the receiver moved")
+        retry_after = (parse_retry_after(response.headers.get("retry-after"))
+                       if status in (429, 503) else None)
+        return DeliveryResult.failure(f"HTTP {status}", retry_after=retry_after)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,189 @@
+"""Email delivery against aiosmtpd answering 421/451, 550, 535, refusing a recipient,
+dropping the connection after DATA, or not offering STARTTLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.alert_servers import ScriptedSmtp
+from tests.delivery_harness import Harness
+
+DESK, EDITOR = "desk@example.org", "editor@example.org"
+
+
+@pytest.fixture
+def smtp() -> Iterator[ScriptedSmtp]:
+    server = ScriptedSmtp().start()
+    yield server
+    server.stop()
+
+
+def _mail(port: int, **extra: Any) -> dict[str, Any]:
+    return {"name": "mail", "type": "email", "host": "127.0.0.1", "port": port,
+            "from": "monitor@example.org", "to": [DESK, EDITOR], "timeout": 5, **extra}
+
+
+@pytest.fixture
+def harness(sqlite_url: str, smtp: ScriptedSmtp) -> Iterator[Harness]:
+    h = Harness(sqlite_url, [_mail(smtp.port)])
+    yield h
+    h.close()
+
+
+@pytest.mark.parametrize("answer", ["421 4.3.2 Service shutting down",
+                                    "451 4.3.0 Try again later"])
+def test_temporary_answer_is_retried(harness: Harness, smtp: ScriptedSmtp,
+                                     answer: str) -> None:
+    smtp.data = [answer]
+    harness.queue()
+    harness.deliver()
+    [row] = harness.rows()
+    assert row.state == "failed" and answer[:3] in row.last_error
+    assert row.next_attempt_at <= harness.clock() + timedelta(minutes=1)  # the SMTP schedule
+    harness.until_next_attempt()
+    harness.deliver()
+    assert harness.states() == ["delivered"]
+    [received] = smtp.received
+    assert sorted(received.rcpt_tos) == [DESK, EDITOR]
+
+
+def test_permanent_answer_is_dead_at_once_and_counted(harness: Harness,
+                                                      smtp: ScriptedSmtp) -> None:
+    before = REGISTRY.get_sample_value("monitor_alert_dead_letters_total",
+                                       {"channel": "mail"}) or 0
+    smtp.data = ["550 5.7.1 Rejected by policy"]
+    harness.queue()
+    summary = harness.deliver()
+    assert summary.dead == 1
+    [row] = harness.rows()
+    assert (row.state, row.attempts) == ("dead", 1) and "550" in row.last_error
+    assert REGISTRY.get_sample_value("monitor_alert_dead_letters_total",
+                                     {"channel": "mail"}) == before + 1
+    harness.clock.advance(days=2)
+    harness.deliver()
+    assert smtp.received == []
+
+
+def test_refused_second_recipient_is_retried_alone(harness: Harness,
+                                                   smtp: ScriptedSmtp) -> None:
+    smtp.rcpt = {EDITOR: ["450 4.2.1 Mailbox busy"]}
+    harness.queue()
+    harness.deliver()
+    [row] = harness.rows()
+    assert row.state == "failed" and row.delivered_to == [DESK]
+    assert EDITOR in row.last_error
+    harness.until_next_attempt()
+    harness.deliver()
+    assert harness.states() == ["delivered"]
+    # Each recipient got exactly one copy, with the same Message-ID.
+    assert [r.rcpt_tos for r in smtp.received] == [[DESK], [EDITOR]]
+    assert len({r.message["Message-ID"] for r in smtp.received}) == 1
+
+
+def test_permanently_refused_recipient_is_dead_but_the_other_is_served(
+        harness: Harness, smtp: ScriptedSmtp) -> None:
+    smtp.rcpt = {EDITOR: ["550 5.1.1 No such user"]}
+    harness.queue()
+    harness.deliver()
+    [row] = harness.rows()
+    assert row.state == "dead" and row.delivered_to == [DESK]
+    assert [r.rcpt_tos for r in smtp.received] == [[DESK]]
+
+
+def test_dropped_connection_after_data_repeats_with_same_message_id(
+        harness: Harness, smtp: ScriptedSmtp) -> None:
+    smtp.data = ["drop"]
+    harness.queue()
+    harness.deliver()
+    [row] = harness.rows()
+    assert row.state == "failed" and "dropped" in row.last_error
+    harness.until_next_attempt()
+    harness.deliver()
+    assert harness.states() == ["delivered"]
+    # The server had taken the first copy: the repeat carries the same id, so it can be
+    # dropped as a duplicate.
+    assert len(smtp.received) == 2
+    assert smtp.received[0].message["Message-ID"] == smtp.received[1].message["Message-ID"]
+
+
+def test_auth_failure_pauses_the_channel(sqlite_url: str) -> None:
+    server = ScriptedSmtp(auth_ok=False).start()
+    env = {"SMTP_USER": "monitor", "SMTP_PASSWORD": "wrong"}
+    config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
+                   allow_plaintext_auth=True)
+    h = Harness(sqlite_url, [config], env=env)
+    try:
+        h.queue()
+        h.deliver()
+        assert h.channel_state("mail") == "paused"
+        [row] = h.rows()
+        assert row.state == "failed" and row.attempts == 0
+        assert "535" in row.last_error and "SMTP_PASSWORD" in row.last_error
+        assert "wrong" not in row.last_error
+        h.clock.advance(hours=3)
+        h.deliver()
+        assert server.received == [] and server.commands == []
+
+        # The operator fixes the password; a successful test alert resumes the channel.
+        server.auth_ok = True
+        assert h.test_alert("mail").ok
+        assert h.channel_state("mail") == "active"
+        h.deliver()
+        assert h.states() == ["delivered"]
+        assert len(server.received) == 2  # the test alert and the held alert
+    finally:
+        h.close()
+        server.stop()
+
+
+def test_starttls_required_but_not_offered_sends_nothing(sqlite_url: str,
+                                                         smtp: ScriptedSmtp) -> None:
+    h = Harness(sqlite_url, [_mail(smtp.port, starttls=True)])
+    try:
+        h.queue()
+        h.deliver()
+        [row] = h.rows()
+        assert row.state == "failed" and "STARTTLS" in row.last_error
+        assert smtp.commands == [] and smtp.received == []
+    finally:
+        h.close()
+
+
+def test_feed_text_cannot_inject_headers_or_recipients(harness: Harness,
+                                                       smtp: ScriptedSmtp) -> None:
+    title = ("سازمان همکاری اسلامی\r\nBcc: victim@example.org\r\n"
+             "=?UTF-8?Q?=0A?=Bcc: x@y " + "ب" * 2000)
+    harness.queue(title=title, summary='<script>alert(1)</script><img src=x onerror=alert(2)>')
+    harness.deliver()
+    [received] = smtp.received
+    assert sorted(received.rcpt_tos) == [DESK, EDITOR]
+    message = received.message
+    assert len(message.get_all("Subject")) == 1
+    assert message.get_all("Bcc") is None
+    assert "x@y" not in str(message["To"]) and len(str(message["Subject"])) <= 200
+    html = message.get_body(("html",)).get_content()
+    assert html_tags(html) <= SAFE_TAGS  # the feed's <script> and <img> stayed text
+    assert "onerror" in html  # shown as text
+
+
+SAFE_TAGS = {"html", "head", "meta", "title", "body", "div", "h2", "h3", "hr", "a", "p",
+             "table", "tr", "td", "mark", "bdi", "span", "br"}
+
+
+def html_tags(markup: str) -> set[str]:
+    from html.parser import HTMLParser
+
+    tags: set[str] = set()
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            tags.add(tag)
+            assert not any(name.startswith("on") for name, _ in attrs)
+
+    Collector().feed(markup)
+    return tags

@@ -431,24 +431,28 @@ STAGES = {
 }
 
 
-def _stage_of(frames: list[str]) -> str:
-    """The stage of the deepest monitor frame in a stack: library time is charged to the
-    stage that called the library."""
+def _deepest_monitor_frame(frames: list[str]) -> tuple[str, str] | None:
+    """(module, function) of the deepest frame in monitor's own code: library time is
+    charged to the monitor function that called the library."""
     for frame in reversed(frames):
-        path = frame.rsplit("(", 1)[-1]
-        if "monitor/" in path and "benchmarks/" not in path:
-            module = "monitor/" + path.split("monitor/", 1)[1].split(".py")[0]
-            for prefix, stage in STAGES.items():
-                if module.startswith(prefix):
-                    return stage
-            return module
-    return "event loop, threads, other"
+        name, _, where = frame.partition(" (")
+        if "monitor/" in where and "benchmarks/" not in where:
+            return "monitor/" + where.split("monitor/", 1)[1].split(".py")[0], name
+    return None
+
+
+def _stage_of(module: str) -> str:
+    for prefix, stage in STAGES.items():
+        if module.startswith(prefix):
+            return stage
+    return module
 
 
 def summarise_profile(raw: Path) -> dict[str, Any]:
     """Collapsed py-spy stacks -> share of samples per stage and the hottest functions."""
     stages: Counter[str] = Counter()
     functions: Counter[str] = Counter()
+    callers: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -457,12 +461,18 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
-        stages[_stage_of(frames)] += n
+        deepest = _deepest_monitor_frame(frames)
+        if deepest is None:
+            stages["event loop, threads, other"] += n
+        else:
+            stages[_stage_of(deepest[0])] += n
+            callers[f"{deepest[1]} ({deepest[0]}.py)"] += n
         name, _, where = frames[-1].partition(" (")
         functions[f"{name} ({where.split('site-packages/')[-1].split(':')[0]})"] += n
     share = {k: v / total for k, v in stages.most_common()} if total else {}
     hot = [{"function": k, "share": v / total} for k, v in functions.most_common(12)]
-    return {"samples": total, "stages": share, "hottest": hot}
+    own = [{"function": k, "share": v / total} for k, v in callers.most_common(10)]
+    return {"samples": total, "stages": share, "monitor_functions": own, "hottest": hot}
 
 
 def ensure_py_spy() -> str | None:
@@ -496,14 +506,16 @@ class Recording:
         self._process.wait(timeout=60)
 
 
-def profile(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
+def profile(sizes: Sizes) -> dict[str, Any]:
     """Profiles of one cold ingest and, in the same warm process, one cycle where every
     feed answers 304 (what the steady cycle is made of)."""
     py_spy = ensure_py_spy()
     if py_spy is None:
         return {"name": "profile", "title": "Profile of the cold ingest", "figures": [],
                 "target": None, "met": None, "notes": ["py-spy could not be installed"]}
-    cold_raw, idle_raw = out_dir / "profile-cold-ingest.txt", out_dir / "profile-304-cycle.txt"
+    out_dir = rss2email.CACHE / "profiles"  # megabytes of stacks: kept, not committed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cold_raw, idle_raw = out_dir / "cold-ingest.txt", out_dir / "304-cycle.txt"
     with LoopbackServer(sizes.cold_feeds, sizes.cold_items) as server, \
             tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         work = Path(tmp)

@@ -96,13 +96,13 @@ def external(name: str, quick: bool) -> dict[str, Any]:
     return result
 
 
-def run_all(quick: bool, only: list[str] | None, out_dir: Path) -> dict[str, Any]:
+def run_all(quick: bool, only: list[str] | None) -> dict[str, Any]:
     sizes = pipeline.QUICK if quick else pipeline.Sizes()
     # Quick mode never installs anything; a full run installs rss2email in its own venv.
     with_r2e = rss2email.installed() if quick else bool(rss2email.ensure_installed())
     jobs: dict[str, Callable[[], dict[str, Any]]] = {
         "cold_ingest": lambda: pipeline.cold_ingest(sizes, with_r2e),
-        "profile": lambda: pipeline.profile(sizes, out_dir),
+        "profile": lambda: pipeline.profile(sizes),
         "steady_cycle": lambda: pipeline.steady_cycle(sizes, with_r2e),
         "latency": lambda: pipeline.latency(sizes),
         "match_scale": lambda: external("match_scale", quick),
@@ -224,6 +224,9 @@ def _render_profile(what: str, summary: dict[str, Any]) -> list[str]:
     lines = ["", f"Where the time goes in {what}, by stage (share of samples):", "",
              "| stage | share |", "|---|---|"]
     lines += [f"| {stage} | {share:.0%} |" for stage, share in summary["stages"].items()]
+    lines += ["", "Monitor functions (library time charged to the monitor function that called "
+              "it):", "", "| function | share |", "|---|---|"]
+    lines += [f"| `{h['function']}` | {h['share']:.0%} |" for h in summary["monitor_functions"]]
     lines += ["", "Hottest functions (self time):", "", "| function | share |", "|---|---|"]
     lines += [f"| `{h['function']}` | {h['share']:.1%} |" for h in summary["hottest"]]
     return [*lines, ""]
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where results.json and results.md go (default: benchmarks/)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run_all(args.quick, args.only, args.out)
+    results = run_all(args.quick, args.only)
     (args.out / "results.json").write_text(
         json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(render(results), encoding="utf-8")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from monitor.identity import canonical_link, fingerprint
 from monitor.parse import Entry
+from monitor.stories import Sketch, sketch
 from monitor.text.match import Match, Matcher, MatchInput
 from monitor.text.normalize import detect_language, match_key
 
@@ -20,6 +21,7 @@ class Candidate:
     match_key: str
     language: str | None
     matches: tuple[Match, ...]
+    sketch: Sketch
 
 
 def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
@@ -35,4 +37,5 @@ def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
         match_key=match_key(f"{entry.title}\n{entry.summary}\n{entry.content}"),
         language=language,
         matches=tuple(matches),
+        sketch=sketch(entry.title, entry.summary, entry.content),
     )

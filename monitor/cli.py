@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -26,6 +26,9 @@ from monitor.config import (
 from monitor.logs import setup_logging
 from monitor.seed import SeedError
 from monitor.store.database import Database, DatabaseError
+
+if TYPE_CHECKING:
+    from monitor.store.queries import StoryView
 
 log = logging.getLogger("monitor")
 
@@ -155,6 +158,46 @@ def cmd_export(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_stories(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.store.queries import recent_stories
+
+    db = Database(config.database.url)
+    db.migrate()
+    with db.session() as session:
+        stories = recent_stories(session, args.limit)
+    if args.json:
+        for story in stories:
+            out.write(json.dumps(_story_row(story), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    for story in stories:
+        flag = " (baseline)" if story.baseline else ""
+        out.write(f"story {story.id}{flag}: {story.title}\n"
+                  f"  {len(story.articles)} article(s) from {', '.join(story.sources)}; "
+                  f"updated {story.updated_at:%Y-%m-%d %H:%M} UTC\n")
+        for a in story.articles:
+            out.write(f"  - [{a.origin}] {a.title}" + (f" <{a.link}>" if a.link else "") + "\n")
+    if not stories:
+        out.write("no stories yet\n")
+    return EXIT_OK
+
+
+def _story_row(story: StoryView) -> dict[str, object]:
+    return {
+        "id": story.id, "title": story.title, "baseline": story.baseline,
+        "created": story.created_at.isoformat(), "updated": story.updated_at.isoformat(),
+        "sources": story.sources,
+        "articles": [{"id": a.id, "feed": a.origin, "title": a.title, "link": a.link,
+                      "fetched": a.fetched.isoformat(),
+                      "watches": [m["watch"] for m in a.matches]} for a in story.articles],
+    }
+
+
+def _stories_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=20,
+                        help="how many stories, newest first (default: 20)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per story and line")
+
+
 def cmd_alerts(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from datetime import UTC, datetime
 
@@ -269,12 +312,14 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "poll": (cmd_poll, "poll every feed once, deliver the resulting alerts, exit"),
     "check-config": (cmd_check_config, "validate the configuration and print a summary"),
     "export": (cmd_export, "print every stored article as JSON lines"),
+    "stories": (cmd_stories, "list recent stories with their articles and sources"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
     "alerts": (cmd_alerts, "list recent alerts and their delivery state; retry; resume"),
     "test-alert": (cmd_test_alert, "send a sample alert through one channel and report"),
 }
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "stories": _stories_arguments,
     "alerts": _alerts_arguments,
     "test-alert": _test_alert_arguments,
 }

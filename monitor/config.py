@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.stories import DEFAULT_THRESHOLD
+
 DEFAULT_CONFIG_PATH = "config/monitor.yaml"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -117,6 +119,9 @@ class WatchConfig(_Strict):
     languages: list[str] = Field(default_factory=list)
     case_sensitive: list[str] = Field(default_factory=list)
     channels: list[str] = Field(default_factory=list)
+    # A story alerts once per watch; with this, a later copy that matches a term of this
+    # watch the story's earlier articles did not also alerts, as kind "update".
+    alert_on_update: bool = False
 
     @model_validator(mode="after")
     def _has_positive_terms(self) -> WatchConfig:
@@ -280,6 +285,17 @@ ChannelConfig = Annotated[
 ]
 
 
+class StoriesConfig(_Strict):
+    """How copies of one story are grouped (`monitor.stories`)."""
+
+    # A new article joins a story only through an article stored within this window
+    # (baseline stories are always eligible).
+    window: Duration = 3 * 86400.0
+    # The share of the shorter lead's shingles the other must contain; the default was
+    # chosen by measurement (README, "Stories").
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
+
+
 class SeedConfig(_Strict):
     path: str = "seed_data"
 
@@ -289,6 +305,7 @@ class Config(_Strict):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
+    stories: StoriesConfig = Field(default_factory=StoriesConfig)
     feeds: list[FeedConfig] = Field(default_factory=list)
     watches: list[WatchConfig] = Field(default_factory=list)
     channels: list[ChannelConfig] = Field(default_factory=list)

@@ -20,6 +20,7 @@ from monitor.fetch import Fetched, Fetcher, Validators
 from monitor.parse import NotAFeed, ParsedFeed, parse_feed
 from monitor.store.database import Database
 from monitor.store.queries import FeedState, StoreResult, release_feed, store_candidates
+from monitor.stories import DEFAULT_RULES, StoryRules
 from monitor.text.match import Matcher
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,14 @@ def next_check_delay(interval: float, error_count: int) -> float:
 
 class Refresher:
     def __init__(self, db: Database, fetcher: Fetcher, matcher: Matcher,
-                 channels_for: Callable[[str], Sequence[str]], owner: str) -> None:
+                 channels_for: Callable[[str], Sequence[str]], owner: str,
+                 rules: StoryRules = DEFAULT_RULES) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
         self.channels_for = channels_for
         self.owner = owner
+        self.rules = rules
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
         fetched = await self.fetcher.fetch(
@@ -93,7 +96,7 @@ class Refresher:
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
-                                      now=now)
+                                      now=now, rules=self.rules)
             release_feed(session, feed.id, self.owner, **self._success_changes(
                 feed, interval, fetched, now, body_hash=fetched.body_hash))
         return result

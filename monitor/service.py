@@ -34,6 +34,7 @@ from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
 from monitor.store.database import Database
 from monitor.store.queries import claim_due_feeds, store_candidates, sync_feeds
+from monitor.stories import StoryRules
 from monitor.text.match import Matcher
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ class Monitor:
         self.channels: dict[str, Channel] = {}
         self._fetcher: Fetcher | None = None
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
+        self.story_rules = StoryRules(
+            window=timedelta(seconds=config.stories.window),
+            threshold=config.stories.threshold,
+            update_watches=frozenset(w.name for w in config.watches if w.alert_on_update))
 
     # --- setup -------------------------------------------------------------------------
 
@@ -89,7 +94,8 @@ class Monitor:
             with self.db.session() as session:
                 result = store_candidates(session, feed_id=None, origin=seed.origin,
                                           candidates=candidates, channels_for=lambda _: (),
-                                          now=datetime.now(UTC), baseline=True)
+                                          now=datetime.now(UTC), baseline=True,
+                                          rules=self.story_rules)
             added += result.new_articles
         if added:
             log.info("baseline: loaded %d seed articles from %s", added, self.config.seed.path)
@@ -133,7 +139,7 @@ class Monitor:
 
         feeds = await asyncio.to_thread(claim)
         refresher = Refresher(self.db, self.fetcher, self.matcher, self.active_channels_for,
-                              self.owner)
+                              self.owner, self.story_rules)
         gate = asyncio.Semaphore(self.config.fetch.concurrency)
 
         async def one(feed) -> RefreshOutcome:

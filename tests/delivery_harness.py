@@ -4,6 +4,7 @@ and one event loop for the whole test (httpx clients belong to the loop that mad
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,14 @@ from tests.conftest import WEBHOOK_SECRET
 # 09:30 in Tehran (UTC+3:30): outside any quiet hours the tests configure.
 START = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
 _links = itertools.count(1)
+
+
+def distinct_text(n: int) -> str:
+    """A summary no other queued article shares, so each is a story of its own (near
+    copies would join one story and alert once)."""
+    letters = hashlib.sha256(str(n).encode()).digest()[:30]
+    word = "".join(chr(0x0628 + b % 20) for b in letters)
+    return f"متن خبر شماره {n}: " + " ".join(word[i:i + 5] for i in range(0, 30, 5))
 
 
 class Harness:
@@ -53,7 +62,7 @@ class Harness:
             n = next(_links)
             entry = Entry(key=f"k{n}", link=f"https://news.example.ir/{n}",
                           title=f"{title} {n}" if count > 1 else title,
-                          summary=summary or f"متن خبر شماره {n}", content="",
+                          summary=summary or distinct_text(n), content="",
                           published=self.clock())
             candidates.append(prepare(entry, "agency", self.monitor.matcher))
         with self.monitor.db.session() as session:

@@ -78,3 +78,16 @@ def test_secrets_come_from_named_env_and_never_show() -> None:
     assert secrets.get("HOOK_S") == "s3cret-value"
     assert secrets.get("OTHER") is None  # only variables the YAML names are read
     assert "s3cret-value" not in repr(secrets) + repr(config)
+
+
+def test_stories_section_and_alert_on_update() -> None:
+    config = parse_config({**MINIMAL, "stories": {"window": "2d", "threshold": 0.8},
+                           "watches": [{**MINIMAL["watches"][0], "alert_on_update": True}]},
+                          env={})
+    assert config.stories.window == 2 * 86400
+    assert config.stories.threshold == 0.8
+    assert config.watches[0].alert_on_update is True
+    assert parse_config(MINIMAL, env={}).stories.window == 3 * 86400
+    problems = _problems({**MINIMAL, "stories": {"threshold": 1.5, "windw": "1d"}})
+    assert any(p.startswith("stories.threshold:") for p in problems)
+    assert "stories.windw: unknown key" in problems

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.alert_servers import Reply, ScriptedWebhook
 from tests.conftest import ROOT, write_config
-from tests.delivery_harness import Harness
+from tests.delivery_harness import Harness, distinct_text
 from tests.servers import FeedServer, rss, wait_until
 
 
@@ -78,7 +78,7 @@ def _delivery_states(db_url: str) -> dict[str, str]:
 def _daemon_config(tmp_path: Path, db_url: str, feeds: FeedServer,
                    receiver: ScriptedWebhook, items: int) -> Path:
     entries = [{"title": f"نشست سازمان همکاری اسلامی شماره {n}", "guid": f"g{n}",
-                "link": f"https://news.example.ir/{n}", "description": f"خبر {n}"}
+                "link": f"https://news.example.ir/{n}", "description": distinct_text(n)}
                for n in range(items)]
     return write_config(
         tmp_path / "monitor.yaml", db_url,

@@ -29,6 +29,7 @@ from monitor.alerts.message import AlertMessage, ArticleView, DeliveryResult, Di
 from monitor.alerts.pacing import in_quiet_hours, next_digest_time
 from monitor.config import ChannelConfig, RetryConfig
 from monitor.store.models import Alert, Article, ChannelState, Delivery
+from monitor.store.queries import story_sources
 
 SENDABLE = ("pending", "failed")
 
@@ -164,7 +165,9 @@ def pace_channel(session: Session, config: ChannelConfig, now: datetime) -> int:
 
 # --- claiming and recording ------------------------------------------------------------
 
-def _message(delivery: Delivery) -> AlertMessage:
+def _message(delivery: Delivery, sources: Sequence[str]) -> AlertMessage:
+    """`sources` are the story's sources as of now: an alert or digest sent later names the
+    copies that arrived since the story's first alert."""
     alert: Alert = delivery.alert
     article: Article = alert.article
     return AlertMessage(
@@ -181,6 +184,7 @@ def _message(delivery: Delivery) -> AlertMessage:
         story_id=alert.story_id,
         attempt=delivery.attempts,
         delivered_to=tuple(delivery.delivered_to or ()),
+        other_sources=tuple(s for s in sources if s != article.origin),
     )
 
 
@@ -231,6 +235,14 @@ def claim_messages(session: Session, owner: str, channels: Iterable[str], now: d
     loaded = {d.id: d for d in session.scalars(
         select(Delivery).where(Delivery.id.in_(ids))
         .options(joinedload(Delivery.alert).joinedload(Alert.article))).unique()}
+    sources: dict[int, list[str]] = {}
+
+    def message(delivery: Delivery) -> AlertMessage:
+        story_id = delivery.alert.story_id
+        if story_id not in sources:
+            sources[story_id] = story_sources(session, story_id)
+        return _message(delivery, sources[story_id])
+
     messages: list[Outgoing] = []
     digests: dict[str, list[Delivery]] = {}
     for delivery_id in ids:
@@ -238,13 +250,13 @@ def claim_messages(session: Session, owner: str, channels: Iterable[str], now: d
         if delivery.batch_id:
             digests.setdefault(delivery.batch_id, []).append(delivery)
         else:
-            messages.append(_message(delivery))
+            messages.append(message(delivery))
     for batch_id, members in digests.items():
         members.sort(key=lambda d: d.id)
         done = set.intersection(*(set(d.delivered_to or ()) for d in members))
         messages.append(Digest(
             message_id=batch_id, channel=members[0].channel,
-            alerts=tuple(_message(d) for d in members),
+            alerts=tuple(message(d) for d in members),
             created_at=max(d.released_at for d in members if d.released_at),
             attempt=members[0].attempts, delivered_to=tuple(sorted(done))))
     return messages

@@ -119,6 +119,26 @@ class Article(Base):
     feed: Mapped[Feed | None] = relationship()
 
 
+class ArticleBand(Base):
+    """One band key of an article's story sketch (`monitor.stories`): the index that finds
+    the earlier articles a new one may retell without scanning them all.
+
+    The primary key (band, article_id) is the lookup index; a new article asks for the rows
+    of its band keys from the recent window (article ids grow with time) and, separately
+    through `ix_article_bands_baseline`, from the baseline, which never ages out.
+    """
+
+    __tablename__ = "article_bands"
+    # WITHOUT ROWID on SQLite: the rows live in the primary-key B-tree, stored once.
+    __table_args__ = (Index("ix_article_bands_baseline", "baseline", "band"),
+                      {"sqlite_with_rowid": False})
+
+    band: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, autoincrement=False)
+    baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class FeedEntry(Base):
     """That a feed carried an entry (by its GUID/link/hash), and which article it became."""
 

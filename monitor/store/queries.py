@@ -7,13 +7,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from monitor import stories
 from monitor.articles import Candidate
 from monitor.config import FeedConfig
-from monitor.store.models import Alert, Article, Delivery, Feed, FeedEntry, Story
+from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
+from monitor.stories import DEFAULT_RULES, Sketch, StoryRules
+
+# Any constant; the same in every monitor process ("stories" in ASCII).
+_STORY_LOCK_KEY = 0x73746F72696573
 
 
 @dataclass(frozen=True)
@@ -87,16 +92,17 @@ def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: d
     )
 
 
-def _find_existing(session: Session, candidate: Candidate) -> Article | None:
-    """The stored article this candidate is a copy of, by canonical link or same text."""
+def _same_article(session: Session, candidate: Candidate, origin: str) -> Article | None:
+    """The stored article this item is: the one at its canonical link, whichever feed has
+    it; for an item without a link (a seed, a link-less feed entry), the one with the same
+    text from the same origin. The same text at another link is a copy: a new article of
+    the same story."""
     if candidate.canonical_link:
-        found = session.scalar(
+        return session.scalar(
             select(Article).where(Article.canonical_link == candidate.canonical_link))
-        if found is not None:
-            return found
     return session.scalar(
-        select(Article).where(Article.fingerprint == candidate.fingerprint)
-        .order_by(Article.id).limit(1))
+        select(Article).where(Article.fingerprint == candidate.fingerprint,
+                              Article.origin == origin).order_by(Article.id).limit(1))
 
 
 def store_candidates(
@@ -108,14 +114,18 @@ def store_candidates(
     channels_for: Callable[[str], Sequence[str]],
     now: datetime,
     baseline: bool = False,
+    rules: StoryRules = DEFAULT_RULES,
 ) -> StoreResult:
-    """Store new articles and, in the same transaction, their alerts and outbox rows.
+    """Store new articles, each in its story, and in the same transaction their alerts and
+    outbox rows.
 
-    An entry the feed carried before is skipped; a copy of a stored article (same canonical
-    link or same text) is linked to it and never alerts, so a feed item that is a seed
-    article stays known.
+    An entry the feed carried before is skipped; an item that is a stored article
+    (`_same_article`) is recorded for the feed, nothing more. Any other item is a new article
+    in a story (`_story_for`); it alerts only as the first article of its story to match a
+    watch, and never in a baseline story.
     """
     result = StoreResult()
+    locked = False
     for candidate in candidates:
         entry = candidate.entry
         if feed_id is not None and session.scalar(
@@ -123,58 +133,141 @@ def store_candidates(
                                            FeedEntry.entry_key == entry.key)) is not None:
             result.already_seen += 1
             continue
-        existing = _find_existing(session, candidate)
-        if existing is None:
+        article = _same_article(session, candidate, origin)
+        if article is None:
+            if not locked:
+                _lock_stories(session)
+                locked = True
             try:
                 with session.begin_nested():
-                    existing = _insert_article(session, feed_id, origin, candidate, now,
-                                               baseline)
+                    article = _insert_article(session, feed_id, origin, candidate, now,
+                                              baseline, rules)
             except IntegrityError:
                 # Another process stored the same canonical link a moment ago.
-                existing = _find_existing(session, candidate)
-                if existing is None:
+                article = _same_article(session, candidate, origin)
+                if article is None:
                     raise
+                result.duplicates += 1
             else:
                 result.new_articles += 1
-                result.article_ids.append(existing.id)
-                if not baseline:
-                    _queue_alerts(session, existing, candidate, channels_for, now, result)
-                if feed_id is not None:
-                    session.add(FeedEntry(feed_id=feed_id, entry_key=entry.key,
-                                          article_id=existing.id, first_seen=now))
-                continue
-        result.duplicates += 1
+                result.article_ids.append(article.id)
+                _queue_alerts(session, article, candidate, rules, channels_for, now, result)
+        else:
+            result.duplicates += 1
         if feed_id is not None:
             session.add(FeedEntry(feed_id=feed_id, entry_key=entry.key,
-                                  article_id=existing.id, first_seen=now))
+                                  article_id=article.id, first_seen=now))
     session.flush()
     return result
 
 
+def _lock_stories(session: Session) -> None:
+    """Take turns assigning stories: two feeds refreshed at once that carry copies of one
+    story must not each start it (and each alert). SQLite's write lock already serializes
+    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+
+
 def _insert_article(session: Session, feed_id: int | None, origin: str, candidate: Candidate,
-                    now: datetime, baseline: bool) -> Article:
+                    now: datetime, baseline: bool, rules: StoryRules) -> Article:
     entry = candidate.entry
-    story = Story(title=entry.title, baseline=baseline, created_at=now, updated_at=now)
-    session.add(story)
-    session.flush()
+    story = _story_for(session, candidate, now, baseline, rules)
     article = Article(
         feed_id=feed_id, origin=origin, story_id=story.id, link=entry.link,
         canonical_link=candidate.canonical_link, fingerprint=candidate.fingerprint,
         title=entry.title, summary=entry.summary, content=entry.content,
         author=entry.author, language=candidate.language, match_key=candidate.match_key,
         matches=[{"watch": m.watch, "terms": list(m.terms)} for m in candidate.matches],
-        baseline=baseline, published=entry.published, fetched=now,
+        # A copy of a baseline article is known too.
+        baseline=baseline or story.baseline, published=entry.published, fetched=now,
     )
     session.add(article)
     session.flush()
+    if candidate.sketch.bands:
+        session.execute(insert(ArticleBand), [
+            {"band": band, "article_id": article.id, "baseline": article.baseline}
+            for band in candidate.sketch.bands])
     return article
 
 
-def _queue_alerts(session: Session, article: Article, candidate: Candidate,
+def _story_for(session: Session, candidate: Candidate, now: datetime, baseline: bool,
+               rules: StoryRules) -> Story:
+    """The story a new article belongs to: that of a recent or baseline article with the
+    same text, else that of the most similar one, else a new one. Old articles are left
+    alone even with the same text: a headline-only item that recurs daily is news daily."""
+    story_id = session.scalar(
+        select(Article.story_id).where(
+            Article.fingerprint == candidate.fingerprint,
+            or_(Article.baseline.is_(True), Article.fetched >= now - rules.window))
+        .order_by(Article.id).limit(1))
+    if story_id is None:
+        story_id = find_similar_story(session, candidate.sketch, now, rules)
+    if story_id is not None:
+        # Locked, so that two processes adding copies of one story decide its alerts in turn.
+        story = session.get_one(Story, story_id, with_for_update=True)
+        story.updated_at = now
+        return story
+    story = Story(title=candidate.entry.title, baseline=baseline, created_at=now,
+                  updated_at=now)
+    session.add(story)
+    session.flush()
+    return story
+
+
+def find_similar_story(session: Session, sketch: Sketch, now: datetime,
+                       rules: StoryRules) -> int | None:
+    """The story of the stored article most similar to the sketch, above the threshold.
+
+    Candidates come from the band-key index only: articles stored since the window opened
+    (ids grow with time, so the primary key (band, article_id) bounds the range) and
+    baseline articles; both lookups are index seeks, whatever the size of the table.
+    """
+    if not sketch.bands:
+        return None
+    keys = list(sketch.bands)
+    found = select(ArticleBand.article_id).where(ArticleBand.baseline.is_(True),
+                                                 ArticleBand.band.in_(keys))
+    first_recent = session.scalar(
+        select(Article.id).where(Article.fetched >= now - rules.window)
+        .order_by(Article.fetched).limit(1))
+    if first_recent is not None:
+        found = found.union(select(ArticleBand.article_id).where(
+            ArticleBand.band.in_(keys), ArticleBand.article_id >= first_recent))
+    ids = list(session.scalars(found))
+    if not ids:
+        return None
+    rows = session.execute(
+        select(Article.id, Article.story_id, Article.title, Article.summary, Article.content)
+        .where(Article.id.in_(ids))).all()
+    best = stories.closest(
+        sketch.shingles,
+        ((r.id, stories.shingles(stories.lead(r.title, r.summary, r.content))) for r in rows),
+        rules.threshold)
+    if best is None:
+        return None
+    return next(r.story_id for r in rows if r.id == best[0])
+
+
+def _queue_alerts(session: Session, article: Article, candidate: Candidate, rules: StoryRules,
                   channels_for: Callable[[str], Sequence[str]], now: datetime,
                   result: StoreResult) -> None:
+    """One alert per story and watch: the story's first matching article alerts ("new");
+    with the watch's `alert_on_update`, a copy matching a term the story's earlier articles
+    did not match alerts again ("update"). Baseline stories never alert."""
+    if article.baseline or not candidate.matches:
+        return
+    alerted = set(session.scalars(select(Alert.watch).where(Alert.story_id == article.story_id)))
+    known_terms = (_story_terms(session, article) if alerted & rules.update_watches else {})
     for match in candidate.matches:
-        alert = Alert(watch=match.watch, kind="new", article_id=article.id,
+        if match.watch not in alerted:
+            kind = "new"
+        elif (match.watch in rules.update_watches
+              and set(match.terms) - known_terms.get(match.watch, set())):
+            kind = "update"
+        else:
+            continue
+        alert = Alert(watch=match.watch, kind=kind, article_id=article.id,
                       story_id=article.story_id, matched=list(match.terms), created_at=now)
         session.add(alert)
         session.flush()
@@ -184,3 +277,52 @@ def _queue_alerts(session: Session, article: Article, candidate: Candidate,
                                  message_id=new_message_id(), state="pending",
                                  next_attempt_at=now, created_at=now))
             result.deliveries += 1
+
+
+def _story_terms(session: Session, article: Article) -> dict[str, set[str]]:
+    """Per watch, the terms the story's other articles matched."""
+    terms: dict[str, set[str]] = {}
+    for matches in session.scalars(select(Article.matches).where(
+            Article.story_id == article.story_id, Article.id != article.id)):
+        for match in matches:
+            terms.setdefault(match["watch"], set()).update(match["terms"])
+    return terms
+
+
+def story_sources(session: Session, story_id: int) -> list[str]:
+    """Who told a story, in order of first appearance: the feeds that carried any of its
+    articles (a feed that carried an article already stored from another feed counts) and
+    the seed files of its baseline articles."""
+    first: dict[str, datetime] = {}
+    carried = (select(Feed.name, FeedEntry.first_seen)
+               .join(FeedEntry, FeedEntry.feed_id == Feed.id)
+               .join(Article, Article.id == FeedEntry.article_id)
+               .where(Article.story_id == story_id))
+    stored = select(Article.origin, Article.fetched).where(Article.story_id == story_id)
+    for name, seen in [*session.execute(carried), *session.execute(stored)]:
+        if name not in first or seen < first[name]:
+            first[name] = seen
+    return sorted(first, key=lambda name: first[name])
+
+
+@dataclass(frozen=True)
+class StoryView:
+    id: int
+    title: str
+    baseline: bool
+    created_at: datetime
+    updated_at: datetime
+    sources: list[str]
+    articles: list[Article]
+
+
+def recent_stories(session: Session, limit: int) -> list[StoryView]:
+    """The most recently updated stories, each with its articles (oldest first)."""
+    views = []
+    for story in session.scalars(select(Story).order_by(Story.updated_at.desc(),
+                                                        Story.id.desc()).limit(limit)):
+        articles = list(session.scalars(select(Article).where(Article.story_id == story.id)
+                                        .order_by(Article.id)))
+        views.append(StoryView(story.id, story.title, story.baseline, story.created_at,
+                               story.updated_at, story_sources(session, story.id), articles))
+    return views

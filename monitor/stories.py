@@ -1,0 +1,142 @@
+"""Stories: which earlier article a new one retells. Pure: sketches and decisions, no I/O.
+
+An article is reduced to its *lead*: the match key of its headline and the first words of
+its summary (or of its content when the feed sends no summary), with every space removed, so
+that «فوق العاده» / «فوق‌العاده» / «فوقالعاده» and Arabic/Persian letter forms are the same
+text. Two leads are compared by the share of character 4-grams of the shorter one that the
+other contains.
+
+Finding the earlier articles worth comparing must not scan the database, so each lead also
+gets a MinHash signature cut into bands (locality-sensitive hashing): two leads share at
+least one band key with a probability that rises steeply with their similarity. The band
+keys are stored and indexed; a new article is compared exactly only with the few stored
+articles that share a band key with it. The threshold and the banding were chosen from
+measurements (`benchmarks/story_quality.py`, README "Stories").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+
+from monitor.text.normalize import match_key
+
+SHINGLE_CHARS = 4
+# Headline plus about two sentences: what an RSS description carries. A full article body
+# in one feed and a two-line summary in another are then compared on the same footing.
+LEAD_WORDS = 40
+MIN_SHINGLES = 30
+BANDS = 32
+ROWS = 3
+DEFAULT_THRESHOLD = 0.75
+
+_PRIME = (1 << 61) - 1
+
+
+def _coefficients(name: bytes) -> np.ndarray:
+    # Derived from fixed names, not from a random generator whose stream may change between
+    # numpy releases: band keys are stored, so every process and release must compute the
+    # same ones for the same text.
+    return np.array([int.from_bytes(hashlib.blake2b(name + i.to_bytes(2, "big"),
+                                                    digest_size=8).digest(), "big")
+                     % (_PRIME - 1) + 1 for i in range(BANDS * ROWS)], dtype=np.uint64)
+
+
+_A = _coefficients(b"monitor.stories.a")
+_B = _coefficients(b"monitor.stories.b")
+
+
+@dataclass(frozen=True)
+class StoryRules:
+    """The configured clustering: `stories.window`, `stories.threshold`, and the watches with
+    `alert_on_update`."""
+
+    window: timedelta = timedelta(days=3)
+    threshold: float = DEFAULT_THRESHOLD
+    update_watches: frozenset[str] = frozenset()
+
+
+DEFAULT_RULES = StoryRules()
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """An article's lead as shingles (for exact comparison) and band keys (for lookup)."""
+
+    shingles: frozenset[int]
+    bands: tuple[int, ...]
+
+
+# "به گزارش ایرنا،", "خبرگزاری فارس:", "به گزارش خبرنگار مهر از تبریز،": who tells it, not
+# what happened; a republishing agency replaces it with its own.
+_ATTRIBUTION = re.compile(
+    r"^\s*(?:به\s+گزارش[^،,:.\n]{0,60}[،,:]|خبرگزار[یي]\s+[^:،,\n]{1,30}[:،,])\s*")
+
+
+def lead(title: str, summary: str, content: str) -> str:
+    """The text a story is recognised by: headline + start of the body, spacing removed."""
+    body = _ATTRIBUTION.sub("", summary or content, count=1)
+    words = match_key(f"{title}\n{body}").split()
+    return "".join(words[:LEAD_WORDS])
+
+
+def shingles(text: str) -> frozenset[int]:
+    if len(text) <= SHINGLE_CHARS:
+        return frozenset({zlib.crc32(text.encode("utf-8"))}) if text else frozenset()
+    return frozenset(zlib.crc32(text[i:i + SHINGLE_CHARS].encode("utf-8"))
+                     for i in range(len(text) - SHINGLE_CHARS + 1))
+
+
+def band_keys(shingle_set: frozenset[int]) -> tuple[int, ...]:
+    """One signed 64-bit key per band of the MinHash signature (fits a BIGINT column)."""
+    if not shingle_set:
+        return ()
+    values = np.fromiter(shingle_set, dtype=np.uint64, count=len(shingle_set))
+    # (a*x + b) mod p for every permutation at once; uint64 wrap-around is part of the hash.
+    with np.errstate(over="ignore"):
+        hashed = (np.outer(values, _A) + _B) % np.uint64(_PRIME)
+    signature = hashed.min(axis=0)
+    keys = []
+    for band in range(BANDS):
+        chunk = signature[band * ROWS:(band + 1) * ROWS].astype("<u8").tobytes()
+        digest = hashlib.blake2b(bytes([band]) + chunk, digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big", signed=True))
+    return tuple(keys)
+
+
+def sketch(title: str, summary: str, content: str) -> Sketch:
+    shingle_set = shingles(lead(title, summary, content))
+    return Sketch(shingle_set, band_keys(shingle_set))
+
+
+def similarity(a: frozenset[int], b: frozenset[int]) -> float:
+    """The share of the shorter lead found in the other (the overlap coefficient).
+
+    A copy with a sentence added or its summary cut short keeps most of its shingles in the
+    original, where Jaccard would punish the length difference. The floor on the denominator
+    keeps a bare few-word headline from counting as "contained" in any longer text.
+    """
+    if not a or not b:
+        return 0.0
+    return len(a & b) / max(min(len(a), len(b)), MIN_SHINGLES)
+
+
+def closest(new: frozenset[int], candidates: Iterable[tuple[int, frozenset[int]]],
+            threshold: float) -> tuple[int, float] | None:
+    """The (key, score) of the most similar candidate at or above the threshold, if any.
+
+    Ties go to the earliest key, so a story keeps being found through its first article.
+    """
+    best: tuple[int, float] | None = None
+    for key, other in candidates:
+        score = similarity(new, other)
+        if score >= threshold and (best is None or score > best[1]
+                                   or (score == best[1] and key < best[0])):
+            best = (key, score)
+    return best

@@ -1,0 +1,101 @@
+"""Story sketches and decisions on hand-made pairs (pure; no database)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from itertools import combinations
+
+import pytest
+
+from benchmarks.story_cases import STORIES
+from monitor import stories
+from tests.conftest import ROOT
+
+THRESHOLD = stories.DEFAULT_THRESHOLD
+
+OPENING = ("آغاز نشست وزیران خارجه سازمان همکاری اسلامی در استانبول",
+           "نشست وزیران امور خارجه کشورهای عضو سازمان همکاری اسلامی صبح امروز با سخنرانی "
+           "وزیر خارجه ترکیه در استانبول آغاز شد.")
+CLOSING = ("پایان نشست وزیران خارجه سازمان همکاری اسلامی در استانبول با صدور بیانیه",
+           "نشست دو روزه وزیران امور خارجه کشورهای عضو سازمان همکاری اسلامی عصر امروز با صدور "
+           "بیانیه پایانی در استانبول به کار خود پایان داد.")
+
+
+def score(a: tuple[str, str], b: tuple[str, str]) -> float:
+    return stories.similarity(stories.sketch(a[0], a[1], "").shingles,
+                              stories.sketch(b[0], b[1], "").shingles)
+
+
+def test_orthographic_variants_have_the_same_lead_and_band_keys() -> None:
+    variants = [
+        ("نشست فوق العاده سازمان همکاری اسلامی", "وزیران خارجه کشورهای اسلامی می روند."),
+        ("نشست فوق‌العاده سازمان همكاري اسلامي", "وزيران خارجه كشورهاي اسلامي مي‌روند."),
+        ("نشست فوقالعاده سازمان همکاری اسلامی", "وزیران خارجه کشورهای اسلامی میروند"),
+    ]
+    sketches = {stories.sketch(title, summary, "") for title, summary in variants}
+    assert len(sketches) == 1
+    assert len(next(iter(sketches)).bands) == stories.BANDS
+
+
+def test_agency_attribution_does_not_count() -> None:
+    plain = stories.lead("تیتر", "وزیر خارجه امروز به جده رفت.", "")
+    assert stories.lead("تیتر", "به گزارش ایرنا، وزیر خارجه امروز به جده رفت.", "") == plain
+    assert stories.lead("تیتر", "خبرگزاري فارس: وزیر خارجه امروز به جده رفت.", "") == plain
+    # Only an opening attribution goes; the same words later in the text stay.
+    assert stories.lead("تیتر", "وزیر گفت به گزارش ایرنا، او رفت.", "") != plain
+
+
+def test_reworded_copy_with_another_headline_joins() -> None:
+    copy = ("وزیران خارجه سازمان همکاری اسلامی در استانبول گرد هم آمدند", OPENING[1])
+    assert score(OPENING, copy) >= THRESHOLD
+
+
+def test_copy_with_an_extra_sentence_joins() -> None:
+    copy = (OPENING[0], OPENING[1] + " این نشست دو روز ادامه دارد و بیانیه پایانی آن فردا "
+                                     "منتشر می شود.")
+    assert score(OPENING, copy) >= THRESHOLD
+
+
+def test_truncated_summary_joins() -> None:
+    words = OPENING[1].split()
+    copy = (OPENING[0], " ".join(words[:len(words) * 2 // 3]) + " …")
+    assert score(OPENING, copy) >= THRESHOLD
+
+
+def test_opening_and_closing_of_one_meeting_stay_apart() -> None:
+    assert score(OPENING, CLOSING) < THRESHOLD
+
+
+def test_hand_written_meeting_stories_separate_exactly() -> None:
+    """Every copy pair of STORIES joins; no two different stories do, with a margin."""
+    items = [(story, version) for story, versions in STORIES.items() for version in versions]
+    same, different = [], []
+    for (story_a, a), (story_b, b) in combinations(items, 2):
+        (same if story_a == story_b else different).append(score(a, b))
+    assert min(same) >= THRESHOLD + 0.05
+    assert max(different) <= THRESHOLD - 0.02
+
+
+def test_a_bare_headline_is_not_contained_in_every_longer_text() -> None:
+    bare = ("سازمان همکاری اسلامی", "")
+    assert score(bare, OPENING) < THRESHOLD
+
+
+def test_closest_prefers_the_best_then_the_earliest() -> None:
+    new = frozenset(range(100))
+    candidates = [(3, frozenset(range(20, 120))), (1, frozenset(range(10, 110))),
+                  (2, frozenset(range(10, 110))), (4, frozenset(range(90, 190)))]
+    assert stories.closest(new, candidates, 0.7) == (1, 0.9)
+    assert stories.closest(new, candidates, 0.95) is None
+    assert stories.closest(frozenset(), candidates, 0.1) is None
+
+
+@pytest.mark.parametrize("hash_seed", ["1", "2"])
+def test_band_keys_are_the_same_in_every_process(hash_seed: str) -> None:
+    """Band keys are stored: a restarted process (another hash seed) must compute the same."""
+    code = ("from monitor.stories import sketch; "
+            f"print(sketch({OPENING[0]!r}, {OPENING[1]!r}, '').bands)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env={"PYTHONHASHSEED": hash_seed}, timeout=60, check=True)
+    assert result.stdout.strip() == str(stories.sketch(OPENING[0], OPENING[1], "").bands)

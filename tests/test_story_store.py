@@ -1,0 +1,257 @@
+"""Stories in the store, on both backends: copies join, one alert per story and watch,
+updates, the window, the baseline, sources at send time, sketches that survive restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from monitor.alerts.outbox import claim_messages, pace_channel
+from monitor.articles import prepare
+from monitor.config import FeedConfig, LogChannelConfig, WatchConfig
+from monitor.parse import Entry
+from monitor.store.database import Database
+from monitor.store.models import Alert, Article, ArticleBand, Feed
+from monitor.store.queries import StoreResult, store_candidates, story_sources, sync_feeds
+from monitor.stories import StoryRules
+from monitor.text.match import Matcher
+
+MATCHER = Matcher([
+    WatchConfig(name="oic", any=["سازمان همکاری اسلامی"], channels=["c"]),
+    WatchConfig(name="gaza", any=["غزه", "قدس"], channels=["c"], alert_on_update=True),
+])
+RULES = StoryRules(window=timedelta(days=3), update_watches=frozenset({"gaza"}))
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+TITLE = "سخنرانی وزیر خارجه ایران در نشست سازمان همکاری اسلامی در استانبول"
+SUMMARY = ("وزیر امور خارجه کشورمان در نشست وزیران خارجه سازمان همکاری اسلامی در استانبول "
+           "خواستار اقدام فوری کشورهای اسلامی برای توقف حملات به غزه شد.")
+COPY_TITLE = "عراقچی در استانبول: کشورهای اسلامی باید فورا اقدام کنند"
+COPY_SUMMARY = SUMMARY.replace("ی", "ي").replace("ک", "ك")
+CLOSING_TITLE = "پایان نشست وزیران خارجه سازمان همکاری اسلامی در استانبول با صدور بیانیه"
+CLOSING_SUMMARY = ("نشست دو روزه وزیران امور خارجه کشورهای عضو سازمان همکاری اسلامی عصر امروز "
+                   "با صدور بیانیه پایانی در استانبول به کار خود پایان داد.")
+
+
+def _entry(key: str, title: str, summary: str, link: str | None = None) -> Entry:
+    return Entry(key=key, link=link, title=title, summary=summary, content="", published=None)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.db.migrate()
+        with self.db.session() as s:
+            sync_feeds(s, [FeedConfig(name=n, url=f"http://127.0.0.1/{n}")
+                           for n in ("irna", "isna", "mehr")], T0)
+        with self.db.session() as s:
+            self.feeds = {f.name: f.id for f in s.scalars(select(Feed))}
+
+    def add(self, feed: str | None, entries: Sequence[Entry], now: datetime = T0,
+            rules: StoryRules = RULES) -> StoreResult:
+        origin = feed or "seed:test.txt"
+        with self.db.session() as s:
+            return store_candidates(
+                s, feed_id=self.feeds[feed] if feed else None, origin=origin,
+                candidates=[prepare(e, origin, MATCHER) for e in entries],
+                channels_for=lambda _: ["c"], now=now, baseline=feed is None, rules=rules)
+
+    def stories(self) -> dict[str, int]:
+        with self.db.session() as s:
+            return {a.origin: a.story_id for a in s.scalars(select(Article))}
+
+    def alerts(self) -> list[tuple[str, str, str]]:
+        with self.db.session() as s:
+            return [(a.watch, a.kind, a.article.origin)
+                    for a in s.scalars(select(Alert).order_by(Alert.id))]
+
+
+def test_copies_from_three_feeds_are_one_story_with_one_alert_per_watch(db_url: str) -> None:
+    store = Store(db_url)
+    first = store.add("irna", [_entry("1", TITLE, SUMMARY, "https://irna.ir/n/1")])
+    assert (first.new_articles, first.alerts) == (1, 2)  # oic and gaza
+    store.add("isna", [_entry("a", COPY_TITLE, COPY_SUMMARY, "https://isna.ir/a?utm_source=x")],
+              T0 + timedelta(minutes=3))
+    # Mehr carries ISNA's very link (tracking parameters aside): the same article.
+    mehr = store.add("mehr", [_entry("m", COPY_TITLE, COPY_SUMMARY, "https://www.isna.ir/a")],
+                     T0 + timedelta(minutes=5))
+    assert (mehr.new_articles, mehr.duplicates, mehr.alerts) == (0, 1, 0)
+    stories = store.stories()
+    assert set(stories) == {"irna", "isna"} and len(set(stories.values())) == 1
+    assert store.alerts() == [("oic", "new", "irna"), ("gaza", "new", "irna")]
+    with store.db.session() as s:
+        assert story_sources(s, stories["irna"]) == ["irna", "isna", "mehr"]
+    store.db.dispose()
+
+
+def test_distinct_story_about_the_same_meeting_alerts_on_its_own(db_url: str) -> None:
+    store = Store(db_url)
+    store.add("irna", [_entry("1", TITLE, SUMMARY)])
+    store.add("isna", [_entry("2", CLOSING_TITLE, CLOSING_SUMMARY)], T0 + timedelta(hours=5))
+    stories = store.stories()
+    assert stories["irna"] != stories["isna"]
+    assert [a[::2] for a in store.alerts()] == [("oic", "irna"), ("gaza", "irna"),
+                                                ("oic", "isna")]
+    store.db.dispose()
+
+
+def test_first_matching_article_of_a_story_alerts_and_updates_need_a_new_term(
+        db_url: str) -> None:
+    store = Store(db_url)
+    no_gaza = SUMMARY.replace("حملات به غزه", "حملات")
+    store.add("irna", [_entry("1", TITLE, no_gaza)])
+    assert store.alerts() == [("oic", "new", "irna")]
+    # A copy that adds «غزه»: the story's first match of "gaza" alerts as new.
+    store.add("isna", [_entry("2", COPY_TITLE, SUMMARY)], T0 + timedelta(minutes=1))
+    # A copy that adds «قدس», a gaza term the story did not have: an update (gaza has
+    # alert_on_update); oic gains nothing new and stays quiet.
+    with_quds = SUMMARY.replace("به غزه", "به غزه و قدس")
+    store.add("mehr", [_entry("3", TITLE + " و قدس", with_quds)], T0 + timedelta(minutes=2))
+    # A copy with no new term: silent.
+    store.add("mehr", [_entry("4", COPY_TITLE + " امروز", SUMMARY)], T0 + timedelta(minutes=3))
+    assert len(set(store.stories().values())) == 1
+    assert store.alerts() == [("oic", "new", "irna"), ("gaza", "new", "isna"),
+                              ("gaza", "update", "mehr")]
+    store.db.dispose()
+
+
+def test_without_alert_on_update_a_new_term_stays_quiet(db_url: str) -> None:
+    store = Store(db_url)
+    store.add("irna", [_entry("1", TITLE, SUMMARY)], rules=StoryRules())
+    store.add("isna", [_entry("2", TITLE + " و قدس", SUMMARY.replace("به غزه", "به غزه و قدس"))],
+              T0 + timedelta(minutes=1), rules=StoryRules())
+    assert len(set(store.stories().values())) == 1
+    assert [a[:2] for a in store.alerts()] == [("oic", "new"), ("gaza", "new")]
+    store.db.dispose()
+
+
+def test_window_limits_joining_but_not_the_baseline(db_url: str) -> None:
+    store = Store(db_url)
+    store.add(None, [_entry("seed#0", CLOSING_TITLE, CLOSING_SUMMARY)], T0)
+    store.add("irna", [_entry("1", TITLE, SUMMARY)], T0)
+    late = T0 + timedelta(days=4)
+    store.add("isna", [_entry("2", COPY_TITLE, COPY_SUMMARY)], late)
+    store.add("mehr", [_entry("3", "بیانیه پایانی نشست استانبول صادر شد",
+                              "خبرگزاری فارس: " + CLOSING_SUMMARY)], late)
+    stories = store.stories()
+    assert stories["isna"] != stories["irna"]  # too late to join: a story of its own
+    assert stories["mehr"] == stories["seed:test.txt"]  # the baseline never ages out
+    assert [a[2] for a in store.alerts()] == ["irna", "irna", "isna", "isna"]
+    with store.db.session() as s:
+        mehr = s.scalar(select(Article).where(Article.origin == "mehr"))
+        assert mehr.baseline and mehr.story.baseline
+    store.db.dispose()
+
+
+def test_sources_are_read_when_the_alert_is_sent(db_url: str) -> None:
+    store = Store(db_url)
+    immediate = LogChannelConfig(name="c", type="log")
+    store.add("irna", [_entry("1", TITLE, SUMMARY)])
+    with store.db.session() as s:
+        pace_channel(s, immediate, T0)
+        first = claim_messages(s, "me", ["c"], T0, timedelta(hours=1), limit=1)
+    assert first[0].other_sources == ()
+    store.add("isna", [_entry("2", COPY_TITLE, COPY_SUMMARY)], T0 + timedelta(minutes=1))
+    store.add("mehr", [_entry("3", COPY_TITLE, SUMMARY)], T0 + timedelta(minutes=2))
+    with store.db.session() as s:  # the next alert (the same story's second watch)
+        [later] = claim_messages(s, "me", ["c"], T0 + timedelta(minutes=3),
+                                 timedelta(minutes=1))
+    assert later.article.feed == "irna"
+    assert later.other_sources == ("isna", "mehr")
+    store.db.dispose()
+
+
+def test_a_digest_names_the_copies_that_arrived_while_it_waited(db_url: str) -> None:
+    store = Store(db_url)
+    digest = LogChannelConfig(name="c", type="log", mode="digest", digest={"every": "1h"})
+    store.add("irna", [_entry("1", TITLE, SUMMARY)])
+    with store.db.session() as s:
+        pace_channel(s, digest, T0)  # held for the digest
+    store.add("isna", [_entry("2", COPY_TITLE, COPY_SUMMARY)], T0 + timedelta(minutes=1))
+    with store.db.session() as s:
+        pace_channel(s, digest, T0 + timedelta(hours=2))
+        [sent] = claim_messages(s, "me", ["c"], T0 + timedelta(hours=2), timedelta(minutes=1))
+    assert [a.other_sources for a in sent.alerts] == [("isna",), ("isna",)]
+    store.db.dispose()
+
+
+def test_sketches_survive_a_restart_and_seeding_twice_adds_nothing(db_url: str) -> None:
+    store = Store(db_url)
+    seed = [_entry("seed#0", CLOSING_TITLE, CLOSING_SUMMARY)]
+    assert store.add(None, seed).new_articles == 1
+    store.db.dispose()
+    again = Store(db_url)  # a new process: nothing is rebuilt, the band rows are read
+    assert again.add(None, seed).new_articles == 0
+    with again.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ArticleBand)) > 0
+    again.add("irna", [_entry("1", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY)],
+              T0 + timedelta(days=30))
+    assert again.stories()["irna"] == again.stories()["seed:test.txt"]
+    assert again.alerts() == []
+    again.db.dispose()
+
+
+def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
+    """A database from before story sketches: its baseline and recent articles get band
+    keys when 0104 runs, so a copy of them is still recognised."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from monitor.store.database import _migrations_dir
+
+    db = Database(db_url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    with db.engine.connect() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")
+        connection.commit()
+    now = datetime.now(UTC)
+    with db.engine.begin() as connection:
+        story_id = connection.scalar(text(
+            "INSERT INTO stories (title, baseline, created_at, updated_at) "
+            "VALUES ('', true, :t, :t) RETURNING id"), {"t": now})
+        connection.execute(text(
+            "INSERT INTO articles (origin, story_id, fingerprint, title, summary, content,"
+            " match_key, matches, baseline, fetched) VALUES ('seed:old.txt', :story, 'f',"
+            " :title, :summary, '', '', '[]', true, :t)"),
+            {"story": story_id, "title": CLOSING_TITLE, "summary": CLOSING_SUMMARY,
+             "t": now - timedelta(days=400)})
+    db.migrate()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ArticleBand)) > 0
+    db.dispose()
+    store = Store(db_url)
+    store.add("irna", [_entry("1", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY)])
+    assert store.stories()["irna"] == story_id and store.alerts() == []
+    store.db.dispose()
+
+
+def test_the_same_text_at_another_link_is_a_copy_in_the_same_story(db_url: str) -> None:
+    store = Store(db_url)
+    result = store.add("irna", [_entry("1", TITLE, SUMMARY, "https://irna.ir/n/1"),
+                                _entry("2", TITLE, SUMMARY, "https://irna.ir/n/2")])
+    assert (result.new_articles, result.alerts) == (2, 2)
+    # Without a link, the same text from the same feed can only be the same article.
+    again = store.add("irna", [_entry("3", TITLE, SUMMARY)])
+    assert (again.new_articles, again.duplicates) == (0, 1)
+    with store.db.session() as s:
+        assert len(set(s.scalars(select(Article.story_id)))) == 1
+    store.db.dispose()
+
+
+def test_the_same_text_days_later_is_a_new_story(db_url: str) -> None:
+    """A headline that recurs (a daily digest) is not glued to last week's story."""
+    store = Store(db_url)
+    digest = "مهم‌ترین عناوین روزنامه‌های صبح امروز درباره سازمان همکاری اسلامی"
+    store.add("irna", [_entry("1", digest, "", "https://irna.ir/d/1")])
+    store.add("irna", [_entry("2", digest, "", "https://irna.ir/d/2")], T0 + timedelta(hours=2))
+    store.add("irna", [_entry("3", digest, "", "https://irna.ir/d/3")], T0 + timedelta(days=7))
+    with store.db.session() as s:
+        stories = [a.story_id for a in s.scalars(select(Article).order_by(Article.id))]
+    assert stories[0] == stories[1] != stories[2]
+    assert [a[2] for a in store.alerts()] == ["irna", "irna"]
+    store.db.dispose()

@@ -2,9 +2,11 @@
 
 The text comes from the project's `seed_data/` and from `../shared/testdata/fars-news/`
 (read in place, never copied). A benchmark needs tens of thousands of *distinct* articles
-(distinct links and distinct text, or the pipeline rightly folds them into one), while the
-corpus holds about 900; item `n` therefore pairs the title and abstract of one article with
-a paragraph of another, which keeps the text real Persian news prose of realistic length.
+(distinct links and distinct text, or the pipeline rightly folds them into one story),
+while the corpus holds about 900; item `n` therefore takes its title from one article, its
+lede from a second and a paragraph from a third, chosen so that no two items share more
+than one of the three: real Persian news prose of realistic length, and no accidental
+near-duplicates for the story stage to group.
 
 Items made with `about_oic=True` lead with one of the seed headlines about the OIC, so they
 match the shipped `oic` watch and produce an alert.
@@ -74,7 +76,7 @@ def _fars_articles() -> list[Article]:
 
 
 class Corpus:
-    """Deterministic item `n` for any n >= 0; distinct text for n < len(articles)**2."""
+    """Deterministic item `n` for any n >= 0; distinct for n < len(articles) ** 2."""
 
     def __init__(self) -> None:
         seeds, self.oic_headlines = _seed_articles()
@@ -83,11 +85,13 @@ class Corpus:
 
     def item(self, n: int, about_oic: bool = False) -> Item:
         size = len(self.articles)
-        article = self.articles[n % size]
-        # A different paragraph for every (n // size) round keeps each pair unique.
-        paragraph = self.paragraphs[(n * 7919 + n // size) % len(self.paragraphs)]
-        title = article.title
+        title_from, rounds = n % size, n // size
+        # Items with the same title (same n % size) take their lede from different
+        # articles, one per round; the paragraph index moves with n as well.
+        lede_from = self.articles[(title_from + rounds + 1) % size]
+        paragraph = self.paragraphs[(n * 7919 + rounds) % len(self.paragraphs)]
+        title = self.articles[title_from].title
         if about_oic:
             title = f"{self.oic_headlines[n % len(self.oic_headlines)]}؛ {title}"
-        description = f"{article.abstract}\n{paragraph}".strip()
-        return Item(n, title, description)
+        lede = lede_from.abstract or lede_from.paragraphs[0][:MAX_PARAGRAPH]
+        return Item(n, title, f"{lede}\n{paragraph}".strip())

@@ -57,15 +57,15 @@ class Sizes:
     cold_items: int = 30
     cold_runs: int = 3
     steady_feeds: int = 2000
-    steady_items: int = 5
+    steady_items: int = 3
     steady_changed: float = 0.10
-    steady_cycles: int = 5
-    idle_cycles: int = 3
+    steady_cycles: int = 4
+    idle_cycles: int = 2
     latency_feeds: int = 50
     latency_events: int = 200
-    latency_gap: float = 0.2
+    latency_gap: float = 0.15
     memory_feeds: int = 5000
-    memory_items: int = 3
+    memory_items: int = 2
     profile: bool = True
 
 

@@ -183,7 +183,7 @@ def render(results: dict[str, Any]) -> str:
     for bench in results["benchmarks"]:
         status = "failed: " + bench["error"] if bench.get("error") else _met(bench.get("met"))
         if not bench.get("target") and not bench.get("error"):
-            notes = bench.get("notes") or [""]
+            notes = _notes(bench) or [""]
             status = notes[0] if notes[0].startswith("not yet available") else "see below"
         lines.append(f"| {bench['title']} | {bench.get('target') or '–'} | {status} |")
     for bench in results["benchmarks"]:
@@ -194,9 +194,11 @@ def render(results: dict[str, Any]) -> str:
             lines += ["| figure | median | spread | runs |", "|---|---|---|---|"]
             for fig in bench["figures"]:
                 runs = fig.get("runs") or []
-                shown = ", ".join(_num(r) for r in runs[:8]) + (" …" if len(runs) > 8 else "")
+                if isinstance(runs, list):  # the modules of issues 3 and 4 give a count
+                    runs = f"{len(runs)}: " + ", ".join(_num(r) for r in runs[:8]) + (
+                        " …" if len(runs) > 8 else "")
                 lines.append(f"| {fig['name']} | {_num(fig.get('median'))} {fig['unit']} | "
-                             f"{_num(fig.get('spread'))} | {len(runs)}: {shown} |")
+                             f"{_num(fig.get('spread'))} | {runs} |")
             lines.append("")
         extra = {k: v for k, v in bench.items() if k not in _STANDARD_KEYS}
         for key, value in extra.items():
@@ -205,7 +207,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"- {key}: {shown}")
         if bench.get("target"):
             lines.append(f"- target: {bench['target']} — {_met(bench.get('met'))}")
-        for note in bench.get("notes") or []:
+        for note in _notes(bench):
             lines.append(f"- {note}")
         if bench.get("profile"):
             lines += _render_profile("the cold ingest", bench["profile"])
@@ -218,6 +220,11 @@ def render(results: dict[str, Any]) -> str:
     if NOTES.exists() and not results["quick"]:
         lines += ["", NOTES.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
+
+
+def _notes(bench: dict[str, Any]) -> list[str]:
+    notes = bench.get("notes") or []
+    return [notes] if isinstance(notes, str) else list(notes)
 
 
 def _render_profile(what: str, summary: dict[str, Any]) -> list[str]:
@@ -239,11 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=ORDER, help="run only these")
     parser.add_argument("--out", type=Path, default=HERE,
                         help="where results.json and results.md go (default: benchmarks/)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite results.md from results.json (after editing notes.md)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run_all(args.quick, args.only)
-    (args.out / "results.json").write_text(
-        json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.render_only:
+        results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+    else:
+        results = run_all(args.quick, args.only)
+        (args.out / "results.json").write_text(
+            json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(render(results), encoding="utf-8")
     print(render(results))
     return 1 if any(b.get("error") for b in results["benchmarks"]) else 0

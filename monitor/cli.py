@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("monitor")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
+EXIT_USAGE = 64  # `explain` with nothing to explain
 
 
 def _monitor(config: Config):
@@ -147,6 +148,7 @@ def export_rows(db: Database):
                 "baseline": a.baseline, "story": a.story_id, "language": a.language,
                 "watches": [m["watch"] for m in a.matches],
                 "matched": {m["watch"]: m["terms"] for m in a.matches},
+                "spans": {m["watch"]: m.get("spans", []) for m in a.matches},
             }
 
 
@@ -196,6 +198,91 @@ def _stories_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20,
                         help="how many stories, newest first (default: 20)")
     parser.add_argument("--json", action="store_true", help="one JSON object per story and line")
+def cmd_match(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.text.match import Matcher
+    from monitor.text.report import match_lines
+
+    matcher = Matcher(config.watches)
+    # Bytes in, decoded per line: one bad byte must not stop a backtest of a big archive.
+    lines = (raw.decode("utf-8", "replace") for raw in sys.stdin.buffer)
+    for line in match_lines(matcher, lines, details=args.details):
+        out.write(line)
+        out.flush()  # a caller may feed one line and wait for its answer
+    return EXIT_OK
+
+
+class ExplainError(Exception):
+    """Nothing to explain: no text given, or the file or feed could not be read."""
+
+
+def _explain_items(config: Config, args: argparse.Namespace) -> list:
+    """The items `monitor explain` looks at: the TEXT, a file, or a feed's entries."""
+    from monitor.text.match import MatchInput
+    from monitor.text.normalize import detect_language, display_text
+
+    if args.url:
+        feed = args.feed or next((f.name for f in config.feeds if f.url == args.url), None)
+        return asyncio.run(_feed_items(config, args.url, feed))
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ExplainError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        # A headline on the first line, the rest is the body.
+        title, _, rest = text.strip().partition("\n")
+        fields = {"title": display_text(title), "summary": display_text(rest)}
+    elif args.text is not None:
+        fields = {args.field: display_text(args.text)}
+    else:
+        raise ExplainError("give a TEXT, --file PATH or --url FEED_URL")
+    language = detect_language("\n".join(fields.values()))
+    return [MatchInput(**{"title": "", **fields}, feed=args.feed, language=language)]
+
+
+async def _feed_items(config: Config, url: str, feed: str | None) -> list:
+    """A feed's entries, fetched and parsed as the daemon does."""
+    from monitor.articles import entry_language
+    from monitor.fetch import Fetcher
+    from monitor.parse import NotAFeed, parse_feed
+    from monitor.text.match import MatchInput
+
+    fetcher = Fetcher(config.fetch)
+    try:
+        fetched = await fetcher.fetch(url)
+    finally:
+        await fetcher.close()
+    if fetched.error is not None:
+        raise ExplainError(f"{url}: {fetched.error}")
+    try:
+        parsed = parse_feed(fetched.body, fetched.headers, fetched.url)
+    except NotAFeed as exc:
+        raise ExplainError(f"{url}: not a feed: {exc}") from None
+    return [MatchInput(e.title, e.summary, e.content, feed=feed, language=entry_language(e))
+            for e in parsed.entries]
+
+
+def cmd_explain(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.text.match import Matcher
+    from monitor.text.report import render_explanations
+
+    try:
+        items = _explain_items(config, args)
+    except ExplainError as exc:
+        print(f"monitor explain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    matcher = Matcher(config.watches)
+    color = out.isatty() and not os.environ.get("NO_COLOR")
+    matched = False
+    for i, item in enumerate(items):
+        explanations = matcher.explain(item)
+        matched = matched or any(e.matched for e in explanations)
+        if i:
+            out.write("\n")
+        out.write(render_explanations(item, explanations, color))
+    if not items:
+        out.write("the feed has no entries\n")
+    return EXIT_OK if matched else EXIT_FAILED  # like grep: 1 = nothing matched
 
 
 def cmd_alerts(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -315,11 +402,33 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "stories": (cmd_stories, "list recent stories with their articles and sources"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
+    "explain": (cmd_explain, "show which watches match a text, file or feed, where, and why "
+                             "not"),
+    "match": (cmd_match, "backtest: JSON lines in on stdin, one {id, watches} line out each"),
     "alerts": (cmd_alerts, "list recent alerts and their delivery state; retry; resume"),
     "test-alert": (cmd_test_alert, "send a sample alert through one channel and report"),
 }
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("text", nargs="?", help="the text to explain")
+    source.add_argument("--file", help="a text file: headline on the first line, body after")
+    source.add_argument("--url", help="a feed URL: every entry is explained")
+    parser.add_argument("--field", choices=("title", "summary", "content"), default="title",
+                        help="which field TEXT stands for (default: %(default)s)")
+    parser.add_argument("--feed", help="the feed name to assume, for watches limited to feeds")
+
+
+def _match_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--details", action="store_true",
+                        help="also print each match's terms and spans")
+
+
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "stories": _stories_arguments,
+    "explain": _explain_arguments,
+    "match": _match_arguments,
     "alerts": _alerts_arguments,
     "test-alert": _test_alert_arguments,
 }

@@ -105,8 +105,12 @@ class FeedConfig(_Strict):
         return url
 
 
+Language = Literal["fa", "ar", "en", "fr"]  # what `monitor.text.normalize` can tell apart
+
+
 class WatchConfig(_Strict):
-    """A watch rule. Term syntax (phrases, ``/regex/``) is validated by `monitor.text.match`."""
+    """A watch rule. Term syntax (phrases, ``word+``, ``+word``, ``/regex/``) is documented
+    and validated in `monitor.text.match`."""
 
     name: str = Field(min_length=1)
     any: list[str] = Field(default_factory=list)
@@ -116,7 +120,7 @@ class WatchConfig(_Strict):
         default_factory=lambda: ["title", "summary", "content"]
     )
     feeds: list[str] = Field(default_factory=list)
-    languages: list[str] = Field(default_factory=list)
+    languages: list[Language] = Field(default_factory=list)
     case_sensitive: list[str] = Field(default_factory=list)
     channels: list[str] = Field(default_factory=list)
     # A story alerts once per watch; with this, a later copy that matches a term of this

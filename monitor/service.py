@@ -36,6 +36,7 @@ from monitor.store.database import Database
 from monitor.store.queries import claim_due_feeds, store_candidates, sync_feeds
 from monitor.stories import StoryRules
 from monitor.text.match import Matcher
+from monitor.text.normalize import load_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Monitor:
         with self.db.session() as session:
             sync_feeds(session, self.config.feeds, datetime.now(UTC))
         self.load_baseline()
+        load_normalizer()
 
     def load_baseline(self) -> int:
         """Store the seed articles as baseline; returns how many were new."""

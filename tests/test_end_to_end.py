@@ -15,6 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from monitor.cli import main
+from monitor.text.normalize import display_text
 from tests.conftest import ROOT, WEBHOOK_SECRET, write_config
 from tests.servers import FeedServer, SmtpServer, WebhookReceiver, rss, wait_until
 
@@ -85,15 +86,25 @@ def test_poll_delivers_each_alert_once(
     payload = Webhook(WEBHOOK_SECRET).verify(post.body, post.headers)
     assert payload["type"] == "monitor.alert"
     assert payload["data"]["watch"] == "oic"
-    assert payload["data"]["article"]["title"] == MATCHING["title"]
+    # The title as displayed: hazm tidied the Arabic yeh/kaf into Persian letters.
+    title = display_text(MATCHING["title"])
+    assert title == "دیدار دبیرکل سازمان همکاری اسلامی با وزیر خارجه"
+    assert payload["data"]["article"]["title"] == title
     assert payload["data"]["article"]["link"] == MATCHING["link"]
     assert payload["data"]["article"]["feed"] == "agency"
     assert payload["data"]["matched"] == ["سازمان همکاری اسلامی"]
+    # Where: the term's span in the title and in the summary, pointing into the shown text.
+    spans = payload["data"]["spans"]
+    assert {s["field"] for s in spans} == {"title", "summary"}
+    for span in spans:
+        shown = payload["data"]["article"][span["field"]]
+        assert shown[span["start"]:span["end"]] == span["text"] == "سازمان همکاری اسلامی"
+        assert span["term"] == "سازمان همکاری اسلامی"
     # Exactly one email, to the configured recipient, right-to-left.
     assert len(smtp_server.messages) == 1
     _, recipients, message = smtp_server.messages[0]
     assert recipients == ["desk@example.org"]
-    assert MATCHING["title"] in message["Subject"]
+    assert title in message["Subject"]
     html = message.get_body(("html",)).get_content()
     assert 'dir="rtl"' in html
 
@@ -104,16 +115,19 @@ def test_poll_delivers_each_alert_once(
     assert len(smtp_server.messages) == 1
 
     rows = {r["title"]: r for r in _export(config)}
-    assert rows[MATCHING["title"]]["watches"] == ["oic"]
-    assert rows[MATCHING["title"]]["baseline"] is False
-    assert rows[NOT_MATCHING["title"]]["watches"] == []
+    assert rows[title]["watches"] == ["oic"]
+    assert rows[title]["baseline"] is False
+    assert rows[title]["matched"] == {"oic": ["سازمان همکاری اسلامی"]}
+    assert [s["text"] for s in rows[title]["spans"]["oic"]] == ["سازمان همکاری اسلامی"] * 2
+    assert rows[display_text(NOT_MATCHING["title"])]["watches"] == []
     # The seed copy was recognised as a copy of the known baseline article: it is stored as
     # the feed's article in the seed's (baseline) story, and did not alert.
-    seed_rows = [r for r in _export(config) if r["title"] == SEED_COPY["title"]]
+    seed_title = display_text(SEED_COPY["title"])
+    seed_rows = [r for r in _export(config) if r["title"] == seed_title]
     assert [r["feed"].startswith("seed:") for r in seed_rows] == [True, False]
     assert all(r["baseline"] for r in seed_rows)
     assert seed_rows[0]["story"] == seed_rows[1]["story"]
-    assert set(rows[MATCHING["title"]]) >= {"id", "feed", "link", "title", "summary",
+    assert set(rows[title]) >= {"id", "feed", "link", "title", "summary",
                                             "published", "fetched", "baseline", "watches"}
 
 

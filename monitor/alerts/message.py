@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from monitor.text.match import Span
+
 
 @dataclass(frozen=True)
 class ArticleView:
@@ -33,6 +35,7 @@ class AlertMessage:
     story_id: int
     attempt: int = 1
     other_sources: tuple[str, ...] = field(default_factory=tuple)
+    spans: tuple[Span, ...] = ()  # where the matched terms are in the article's fields
     delivered_to: tuple[str, ...] = ()  # email recipients that already accepted it
 
 

@@ -30,6 +30,7 @@ from monitor.alerts.pacing import in_quiet_hours, next_digest_time
 from monitor.config import ChannelConfig, RetryConfig
 from monitor.store.models import Alert, Article, ChannelState, Delivery
 from monitor.store.queries import story_sources
+from monitor.text.match import Span
 
 SENDABLE = ("pending", "failed")
 
@@ -165,6 +166,14 @@ def pace_channel(session: Session, config: ChannelConfig, now: datetime) -> int:
 
 # --- claiming and recording ------------------------------------------------------------
 
+def stored_spans(article: Article, watch: str) -> tuple[Span, ...]:
+    """The spans stored with the article's match for this watch (none for older rows)."""
+    for match in article.matches or ():
+        if match.get("watch") == watch:
+            return tuple(Span(**span) for span in match.get("spans", ()))
+    return ()
+
+
 def _message(delivery: Delivery, sources: Sequence[str]) -> AlertMessage:
     """`sources` are the story's sources as of now: an alert or digest sent later names the
     copies that arrived since the story's first alert."""
@@ -183,6 +192,7 @@ def _message(delivery: Delivery, sources: Sequence[str]) -> AlertMessage:
         created_at=alert.created_at,
         story_id=alert.story_id,
         attempt=delivery.attempts,
+        spans=stored_spans(article, alert.watch),
         delivered_to=tuple(delivery.delivered_to or ()),
         other_sources=tuple(s for s in sources if s != article.origin),
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -19,8 +18,8 @@ from zoneinfo import ZoneInfo
 import jdatetime
 
 from monitor.alerts.message import AlertMessage, Digest, Outgoing
-from monitor.text.match import compile_term
-from monitor.text.normalize import is_right_to_left, match_key
+from monitor.text.match import locate_terms
+from monitor.text.normalize import is_right_to_left
 
 TEHRAN = ZoneInfo("Asia/Tehran")
 # Control characters (CR, LF, tabs, NUL...) and encoded-word openers must never reach a
@@ -70,47 +69,17 @@ def both_dates(value: datetime) -> str:
 
 # --- highlighting ----------------------------------------------------------------------
 
-def _folded_with_positions(text: str) -> tuple[str, list[int]]:
-    """The match key of `text`, built character by character so that every key character
-    knows where it came from in the display text."""
-    out: list[str] = []
-    where: list[int] = []
-    for i, ch in enumerate(text):
-        if ch == "\u200c":
-            folded = " "
-        elif unicodedata.category(ch) in ("Mn", "Cf") or ch == "\u0640":
-            continue  # diacritics, kashida, bidi marks vanish from the key
-        else:
-            folded = match_key(ch) or " "
-        for f in folded:
-            if f == " " and out and out[-1] == " ":
-                continue
-            out.append(f)
-            where.append(i)
-    return "".join(out), where
-
-
 def term_spans(text: str, terms: Sequence[str]) -> list[tuple[int, int]]:
-    """Where the matched terms occur in the display text, found the way the matcher found
-    them (on the match key), as merged (start, end) offsets."""
+    """Where the matched terms occur in the display text, found by the matcher itself, as
+    merged (start, end) offsets."""
     if not text or not terms:
         return []
-    folded, where = _folded_with_positions(text)
-    spans: list[tuple[int, int]] = []
-    for term in terms:
-        try:
-            pattern = compile_term(term).pattern
-        except ValueError:
-            continue
-        for m in pattern.finditer(folded):
-            if m.end() > m.start():
-                spans.append((where[m.start()], where[m.end() - 1] + 1))
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+    for span in sorted(locate_terms(text, terms), key=lambda s: (s.start, s.end)):
+        if merged and span.start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(span.end, merged[-1][1]))
         else:
-            merged.append((start, end))
+            merged.append((span.start, span.end))
     return merged
 
 
@@ -174,6 +143,7 @@ def _alert_data(alert: AlertMessage) -> dict[str, Any]:
         "kind": alert.kind,
         "article": article_payload(alert),
         "matched": list(alert.matched),
+        "spans": [span.as_dict() for span in alert.spans],
         "other_sources": list(alert.other_sources),
     }
 

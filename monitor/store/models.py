@@ -110,7 +110,8 @@ class Article(Base):
     author: Mapped[str | None] = mapped_column(String(200))
     language: Mapped[str | None] = mapped_column(String(8))
     match_key: Mapped[str] = mapped_column(Text, default="")
-    matches: Mapped[list[Any]] = mapped_column(default=list)  # [{"watch", "terms"}]
+    # [{"watch", "terms", "spans": [{"term", "field", "start", "end", "text"}]}]
+    matches: Mapped[list[Any]] = mapped_column(default=list)
     baseline: Mapped[bool] = mapped_column(Boolean, default=False)
     published: Mapped[datetime | None]
     fetched: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -178,7 +178,7 @@ def _insert_article(session: Session, feed_id: int | None, origin: str, candidat
         canonical_link=candidate.canonical_link, fingerprint=candidate.fingerprint,
         title=entry.title, summary=entry.summary, content=entry.content,
         author=entry.author, language=candidate.language, match_key=candidate.match_key,
-        matches=[{"watch": m.watch, "terms": list(m.terms)} for m in candidate.matches],
+        matches=[m.as_dict() for m in candidate.matches],
         # A copy of a baseline article is known too.
         baseline=baseline or story.baseline, published=entry.published, fetched=now,
     )

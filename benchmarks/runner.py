@@ -92,7 +92,9 @@ def external(name: str, quick: bool) -> dict[str, Any]:
                 "notes": [f"not yet available: benchmarks/{name}.py ({issue}) is not on "
                           "this branch yet"]}
     result = dict(module.run(quick=quick))
-    result.setdefault("title", title)
+    # Their "name" is a display name; the runner keys results by module.
+    result["title"] = result.get("title") or title
+    result["name"] = name
     return result
 
 

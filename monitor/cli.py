@@ -118,6 +118,8 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from monitor.scheduler import Daemon
+    from monitor.service import process_owner
+    from monitor.store.lock import single_daemon
 
     async def main() -> int:
         monitor = _monitor(config)
@@ -129,7 +131,8 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
             await monitor.close()
         return EXIT_OK
 
-    return asyncio.run(main())
+    with single_daemon(config.database.url, process_owner()):
+        return asyncio.run(main())
 
 
 def export_rows(db: Database):
@@ -244,10 +247,11 @@ async def _feed_items(config: Config, url: str, feed: str | None) -> list:
     """A feed's entries, fetched and parsed as the daemon does."""
     from monitor.articles import entry_language
     from monitor.fetch import Fetcher
+    from monitor.net import network_policy
     from monitor.parse import NotAFeed, parse_feed
     from monitor.text.match import MatchInput
 
-    fetcher = Fetcher(config.fetch)
+    fetcher = Fetcher(config.fetch, network_policy(config.network))
     try:
         fetched = await fetcher.fetch(url)
     finally:

@@ -59,7 +59,15 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_delay(value: Any) -> float:
+    """A duration that may also be zero (a spacing or a jitter that is switched off)."""
+    if value in (0, "0"):
+        return 0.0
+    return parse_duration(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Delay = Annotated[float, BeforeValidator(parse_delay)]
 
 
 class _Strict(BaseModel):
@@ -81,7 +89,42 @@ class FetchConfig(_Strict):
     max_body_bytes: int = Field(15 * 1024 * 1024, gt=0)
     max_redirects: int = Field(5, ge=0)
     concurrency: int = Field(32, ge=1)
+    per_host_concurrency: int = Field(2, ge=1)  # requests in flight to one host, per daemon
+    per_host_spacing: Delay = 0.5  # seconds between two requests to one host, per daemon
     user_agent: str = "monitor/0.1 (+https://github.com/monitor-news/monitor)"
+
+
+class NetworkConfig(_Strict):
+    """Where feeds and webhooks may connect. Non-public addresses are refused by default."""
+
+    allow_private_networks: bool = False
+    allowed_hosts: list[str] = Field(default_factory=list)  # host names, IPs or CIDRs
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, items: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?\.?", item):
+                    raise ValueError(
+                        f"{item!r} is neither a host name nor an IP address or CIDR "
+                        "such as 10.0.0.0/8") from None
+        return items
+
+
+class ScheduleConfig(_Strict):
+    """How a feed's next check is chosen beyond its configured interval."""
+
+    jitter: float = Field(0.1, ge=0, le=0.5)  # +-10 % so feeds do not fire in lockstep
+    feed_hints: bool = True  # honour RSS <ttl>, sy:updatePeriod, Cache-Control max-age
+    max_hint: Duration = 3600.0  # ... but never wait longer than this because of them
+    adaptive: bool = False  # slow down quiet feeds from their observed publishing rate
+    adaptive_max: Duration = 3600.0
+    max_backoff: Duration = 86400.0  # error backoff and Retry-After are clamped to this
 
 
 class SchedulerConfig(_Strict):
@@ -307,6 +350,8 @@ class SeedConfig(_Strict):
 class Config(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     stories: StoriesConfig = Field(default_factory=StoriesConfig)

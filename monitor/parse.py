@@ -1,10 +1,17 @@
-"""Feed bytes to entries with feedparser. Pure: no network, no database."""
+"""Feed bytes to entries with feedparser. Pure: no network, no database.
+
+Before feedparser sees a document, entity declarations that could blow up are removed
+(`guard_entities`), and a feed that says it is in a legacy single-byte charset while its bytes
+are valid UTF-8 is read as UTF-8 (`_charset_fixed_headers`).
+"""
 
 from __future__ import annotations
 
 import calendar
+import codecs
 import hashlib
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,12 +39,31 @@ class Entry:
     author: str | None = None
 
 
+# Entity declarations kept only when small, flat and few: feedparser's loose fallback parser
+# expands internal entities, so one 100 KB entity referenced 2,000 times is 200 MB of title.
+MAX_ENTITIES = 32
+MAX_ENTITY_VALUE = 1_024
+MAX_ENTITY_EXPANSION = 64 * 1024  # value length x references, summed over entities
+
+_ENTITY_DECL = re.compile(r"""<!ENTITY\b(?:[^>"']|"[^"]*"|'[^']*')*>""", re.I)
+_ENTITY_PARTS = re.compile(
+    r"""<!ENTITY\s+(%\s+)?([^\s"'%>]+)\s*(SYSTEM|PUBLIC)?[^"']*(?:"([^"]*)"|'([^']*)')?""",
+    re.I)
+
+# sy:updatePeriod (RSS 1.0 syndication module) in seconds.
+_UPDATE_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400,
+                   "monthly": 30 * 86400, "yearly": 365 * 86400}
+_SINGLE_BYTE = re.compile(r"^(us-?ascii|ascii|latin-?1|l1|iso[-_]?8859[-_]?\d+|"
+                          r"(windows|cp)[-_]?125\d)$", re.I)
+
+
 @dataclass(frozen=True)
 class ParsedFeed:
     title: str | None
     entries: list[Entry]
     problem: str | None  # set when the XML was not well-formed but entries were recovered
-    ttl_seconds: float | None = None
+    ttl_seconds: float | None = None  # RSS <ttl>
+    update_period_seconds: float | None = None  # sy:updatePeriod / sy:updateFrequency
 
 
 class NotAFeed(ValueError):
@@ -56,8 +82,98 @@ def _datetime(parsed: object) -> datetime | None:
 def _clean(text: str, limit: int) -> str:
     # NUL and lone surrogates: PostgreSQL rejects the first, UTF-8 encoding the second.
     text = text.replace("\x00", "")
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = text.encode("utf-8", "ignore").decode("utf-8")
     return text[:limit]
+
+
+def _codec(body: bytes) -> str:
+    """A codec that maps `body` to text and back byte for byte: UTF-16/32 when the bytes
+    say so, else latin-1 (every byte is one character, so nothing is altered)."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if body.startswith(bom):
+            return name
+    if body[:4] in (b"<\x00?\x00", b"<\x00!\x00"):
+        return "utf-16-le"
+    if body[:4] in (b"\x00<\x00?", b"\x00<\x00!"):
+        return "utf-16-be"
+    return "latin-1"
+
+
+def guard_entities(body: bytes) -> tuple[bytes, str | None]:
+    """Remove entity declarations that are large, nested, external, parameter entities, too
+    many, or referenced so often that expanding them would be huge. References to a removed
+    entity stay as text. Returns the body and a note when something was removed."""
+    codec = _codec(body)
+    if codec == "latin-1" and b"<!ENTITY" not in body.upper():
+        return body, None  # the common case costs one scan
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError:
+        return body, None
+    declarations = list(_ENTITY_DECL.finditer(text))
+    if not declarations:
+        return body, None
+    too_many = len(declarations) > MAX_ENTITIES
+    expansion = 0
+    removed: list[tuple[int, int]] = []
+    for match in declarations:
+        parts = _ENTITY_PARTS.match(match.group(0))
+        value = (parts.group(4) or parts.group(5) or "") if parts else ""
+        keep = (parts is not None and not too_many and not parts.group(1)
+                and not parts.group(3) and len(value) <= MAX_ENTITY_VALUE
+                and "&" not in value and "%" not in value)
+        if keep:
+            assert parts is not None
+            expansion += len(value) * text.count(f"&{parts.group(2)};")
+            keep = expansion <= MAX_ENTITY_EXPANSION
+        if not keep:
+            removed.append(match.span())
+    if not removed:
+        return body, None
+    for start, end in reversed(removed):
+        text = text[:start] + text[end:]
+    note = (f"removed {len(removed)} of {len(declarations)} entity declarations "
+            "(external, nested, too large or too many)")
+    return text.encode(codec), note
+
+
+_CHARREF = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
+
+
+def _drop_bad_charrefs(body: bytes) -> bytes:
+    """Remove character references to NUL, surrogates or beyond Unicode: feedparser raises
+    UnicodeEncodeError on ``&#xD800;`` and PostgreSQL rejects NUL."""
+    if b"&#" not in body:
+        return body
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        code = int(match.group(1), 16) if match.group(1) else int(match.group(2))
+        bad = code == 0 or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF
+        return b"" if bad else match.group(0)
+
+    return _CHARREF.sub(replace, body)
+
+
+def _charset_fixed_headers(body: bytes, headers: dict[str, str]) -> dict[str, str]:
+    """Read a feed that claims a legacy single-byte charset as UTF-8 when its bytes are valid
+    UTF-8 with non-ASCII text: a wrong declaration, not a coincidence, since cp1252 or
+    cp1256 text is almost never valid UTF-8. Otherwise the headers are left as they are."""
+    content_type = headers.get("content-type", "")
+    header_charset = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", content_type, re.I)
+    declaration = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)", body[:200])
+    declared = [m.group(1) for m in (header_charset, declaration) if m]
+    declared = [d.decode("ascii", "replace") if isinstance(d, bytes) else d for d in declared]
+    if not declared or not all(_SINGLE_BYTE.match(d) for d in declared):
+        return headers
+    if body.isascii():
+        return headers
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return headers
+    media_type = content_type.split(";")[0].strip() or "application/xml"
+    return {**headers, "content-type": f"{media_type}; charset=utf-8"}
 
 
 def _entry(raw: Mapping[str, object]) -> Entry | None:
@@ -69,22 +185,22 @@ def _entry(raw: Mapping[str, object]) -> Entry | None:
         content = _clean(display_text(str(contents[0].get("value") or "")), MAX_CONTENT)
     if content == summary:
         content = ""
-    link = raw.get("link") or None
+    link = _clean(str(raw.get("link") or ""), 2000) or None
     if not (title or summary or content or link):
         return None
     guid = raw.get("id") or raw.get("guid")
     if guid:
-        key = "guid:" + str(guid)[:500]
+        key = "guid:" + _clean(str(guid), 500)
     elif link:
-        key = "link:" + str(link)[:500]
+        key = "link:" + link[:500]
     else:
         digest = hashlib.sha256(f"{title}\n{summary}\n{content}".encode()).hexdigest()
         key = "hash:" + digest[:40]
     published = _datetime(raw.get("published_parsed") or raw.get("updated_parsed"))
     author = raw.get("author")
-    return Entry(key=key, link=str(link)[:2000] if link else None, title=title,
+    return Entry(key=key, link=link, title=title,
                  summary=summary, content=content, published=published,
-                 author=str(author)[:200] if author else None)
+                 author=_clean(str(author), 200) or None if author else None)
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
@@ -94,20 +210,42 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
     """
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers["content-location"] = url
-    result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
-    problem = None
+    body, entity_note = guard_entities(body)
+    body = _drop_bad_charrefs(body)
+    response_headers = _charset_fixed_headers(body, response_headers)
+    try:
+        result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    except Exception as exc:  # a feedparser bug on hostile input is this feed's problem only
+        raise NotAFeed(f"the feed parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
+    problem = entity_note
     if result.get("bozo"):
         exc = result.get("bozo_exception")
-        problem = f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed"
+        problem = "; ".join(filter(None, [
+            entity_note, f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed"]))
     entries = [e for raw in result.get("entries", []) if (e := _entry(raw)) is not None]
     feed_info = result.get("feed", {})
     if not entries and not result.get("version") and not feed_info.get("title"):
         raise NotAFeed(problem or "no RSS or Atom document found")
-    ttl = None
+    title = _clean(display_text(str(feed_info.get("title") or "")), MAX_TITLE) or None
+    return ParsedFeed(title=title, entries=entries, problem=problem,
+                      ttl_seconds=_minutes(feed_info.get("ttl")),
+                      update_period_seconds=_update_period(feed_info))
+
+
+def _minutes(value: object) -> float | None:
     try:
-        if feed_info.get("ttl"):
-            ttl = float(feed_info["ttl"]) * 60
-    except (TypeError, ValueError):
-        ttl = None
-    title = display_text(str(feed_info.get("title") or "")) or None
-    return ParsedFeed(title=title, entries=entries, problem=problem, ttl_seconds=ttl)
+        minutes = float(str(value).strip())
+    except ValueError:
+        return None
+    return minutes * 60 if 0 < minutes < 1e7 else None
+
+
+def _update_period(feed_info: Mapping[str, object]) -> float | None:
+    period = _UPDATE_PERIODS.get(str(feed_info.get("sy_updateperiod") or "").strip().lower())
+    if period is None:
+        return None
+    try:
+        frequency = max(1, int(str(feed_info.get("sy_updatefrequency") or "1").strip()))
+    except ValueError:
+        frequency = 1
+    return period / frequency

@@ -1,9 +1,9 @@
 """One refresh of one feed, top to bottom (Miniflux's RefreshFeed is the model).
 
-Fetch with the stored validators, stop on 304 or an unchanged body, parse, prepare the
-entries, store new articles and their alerts in one transaction, record the feed's health
-and its next check. Errors never escape: they are recorded on the feed row and logged with
-the feed's name.
+Wait for a polite turn at the feed's host, fetch with the stored validators, stop on 304 or
+an unchanged body, parse, prepare the entries, store new articles and their alerts in one
+transaction, record the feed's health and choose its next check. Errors never escape: they
+are recorded on the feed row and logged with the feed's name.
 """
 
 from __future__ import annotations
@@ -16,23 +16,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from monitor.articles import Candidate, prepare
-from monitor.fetch import Fetched, Fetcher, Validators
+from monitor.config import ScheduleConfig
+from monitor.fetch import Fetched, Fetcher, HostGate, Validators
 from monitor.parse import NotAFeed, ParsedFeed, parse_feed
 from monitor.store.database import Database
-from monitor.store.queries import FeedState, StoreResult, release_feed, store_candidates
+from monitor.store.queries import (
+    FeedState,
+    StoreResult,
+    pause_host,
+    release_feed,
+    store_candidates,
+    url_host,
+)
 from monitor.stories import DEFAULT_RULES, StoryRules
 from monitor.text.match import Matcher
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 24 * 3600.0
 FAILING_AFTER = 3
 
 
 @dataclass(frozen=True)
 class RefreshOutcome:
     feed: str
-    result: str  # stored | not_modified | unchanged | error
+    result: str  # stored | not_modified | unchanged | deferred | error
     error: str | None = None
     entries: int = 0
     new_articles: int = 0
@@ -41,27 +48,71 @@ class RefreshOutcome:
     elapsed: float = 0.0
 
 
-def next_check_delay(interval: float, error_count: int) -> float:
-    """Seconds until the next check: the interval, doubled per consecutive error, with
-    jitter so that feeds do not fire in lockstep."""
-    delay = min(interval * (2 ** error_count), MAX_BACKOFF) if error_count else interval
-    return delay * random.uniform(0.9, 1.1) if delay > 2 else delay
+def jittered(delay: float, jitter: float) -> float:
+    """Spread checks so that feeds added together do not fire in lockstep."""
+    return delay * random.uniform(1 - jitter, 1 + jitter)
+
+
+def backoff_delay(interval: float, errors: int, schedule: ScheduleConfig) -> float:
+    """After `errors` consecutive errors: interval * 2^errors, jittered, capped."""
+    delay = interval * (2 ** min(errors, 40))
+    return min(jittered(min(delay, schedule.max_backoff), schedule.jitter), schedule.max_backoff)
+
+
+def planned_interval(interval: float, schedule: ScheduleConfig, hints: Sequence[float | None],
+                     published: Sequence[datetime] = (), now: datetime | None = None) -> float:
+    """The interval after a successful fetch, before jitter.
+
+    Never shorter than the configured interval. A feed's own hints (RSS <ttl>,
+    sy:updatePeriod, Cache-Control max-age) may lengthen it up to `schedule.max_hint`; with
+    `schedule.adaptive`, a quiet feed is checked less often, up to `schedule.adaptive_max`:
+    half its average gap between items over the last week.
+    """
+    chosen = interval
+    if schedule.feed_hints:
+        for hint in hints:
+            if hint:
+                chosen = max(chosen, min(hint, schedule.max_hint))
+    if schedule.adaptive and published:
+        now = now or datetime.now(UTC)
+        recent = sorted(d for d in published if now - timedelta(days=7) <= d <= now)
+        if len(recent) >= 2:
+            gap = (recent[-1] - recent[0]).total_seconds() / (len(recent) - 1)
+            adaptive = gap / 2
+        else:
+            adaptive = schedule.adaptive_max
+        chosen = max(chosen, min(adaptive, schedule.adaptive_max))
+    return chosen
 
 
 class Refresher:
     def __init__(self, db: Database, fetcher: Fetcher, matcher: Matcher,
                  channels_for: Callable[[str], Sequence[str]], owner: str,
-                 rules: StoryRules = DEFAULT_RULES) -> None:
+                 rules: StoryRules = DEFAULT_RULES, schedule: ScheduleConfig | None = None,
+                 patience: float = 60.0) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
         self.channels_for = channels_for
         self.owner = owner
         self.rules = rules
+        self.schedule = schedule or ScheduleConfig()
+        self.hosts = HostGate(fetcher.config.per_host_concurrency,
+                              fetcher.config.per_host_spacing)
+        # How long a claimed feed may wait for its host; kept well inside the lease so that
+        # no other daemon takes the feed over while it waits.
+        self.patience = patience
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
-        fetched = await self.fetcher.fetch(
-            feed.url, Validators(feed.etag, feed.last_modified))
+        wait = await self.hosts.enter(feed.host, self.patience)
+        if wait is not None:
+            await self._defer(feed, wait)
+            return RefreshOutcome(feed.name, "deferred")
+        try:
+            fetched = await self.fetcher.fetch(
+                feed.url, Validators(feed.etag, feed.last_modified))
+        finally:
+            self.hosts.leave(feed.host)
         now = datetime.now(UTC)
         if fetched.error is not None:
             return await self._failed(feed, interval, fetched, fetched.error, now)
@@ -93,35 +144,55 @@ class Refresher:
 
     def _store(self, feed: FeedState, interval: float, fetched: Fetched, parsed: ParsedFeed,
                candidates: list[Candidate], now: datetime) -> StoreResult:
+        planned = planned_interval(
+            interval, self.schedule,
+            [parsed.ttl_seconds, parsed.update_period_seconds, fetched.max_age],
+            [e.published for e in parsed.entries if e.published], now)
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
                                       now=now, rules=self.rules)
-            release_feed(session, feed.id, self.owner, **self._success_changes(
-                feed, interval, fetched, now, body_hash=fetched.body_hash))
+            changes = self._success_changes(feed, planned, fetched, now,
+                                            body_hash=fetched.body_hash)
+            if parsed.problem:  # entries were kept; the problem is still worth showing
+                changes["last_error"] = f"malformed: {parsed.problem}"
+            release_feed(session, feed.id, self.owner, **changes)
         return result
 
-    def _success_changes(self, feed: FeedState, interval: float, fetched: Fetched,
+    def _success_changes(self, feed: FeedState, planned: float, fetched: Fetched,
                          now: datetime, **extra: object) -> dict[str, object]:
         changes: dict[str, object] = dict(
-            next_check_at=now + timedelta(seconds=next_check_delay(interval, 0)),
-            state="ok", error_count=0, last_error=None, last_status=fetched.status,
-            last_checked_at=now, last_success_at=now, **extra)
+            next_check_at=now + timedelta(seconds=jittered(planned, self.schedule.jitter)),
+            check_interval=planned, state="ok", error_count=0, last_error=None,
+            last_status=fetched.status, last_checked_at=now, last_success_at=now, **extra)
         if fetched.status == 200 or fetched.validators.etag or fetched.validators.last_modified:
             changes["etag"] = fetched.validators.etag
             changes["last_modified"] = fetched.validators.last_modified
         if fetched.permanent_redirect:
-            log.warning("feed %s: permanently moved to %s; using the new URL",
-                        feed.name, fetched.permanent_redirect)
+            log.warning("feed %s: permanently moved from %s to %s; using the new URL",
+                        feed.name, feed.url, fetched.permanent_redirect)
             changes["url"] = fetched.permanent_redirect
+            changes["host"] = url_host(fetched.permanent_redirect)
         return changes
 
     async def _record(self, feed: FeedState, interval: float, fetched: Fetched,
                       now: datetime) -> None:
+        # Nothing new was parsed, so the interval chosen at the last full fetch still holds.
+        planned = planned_interval(feed.check_interval or interval, self.schedule,
+                                   [fetched.max_age])
+
         def write() -> None:
             with self.db.session() as session:
                 release_feed(session, feed.id, self.owner,
-                             **self._success_changes(feed, interval, fetched, now))
+                             **self._success_changes(feed, planned, fetched, now))
+        await asyncio.to_thread(write)
+
+    async def _defer(self, feed: FeedState, wait: float) -> None:
+        """Give the feed back unfetched: its host is busy or asked for a pause."""
+        def write() -> None:
+            with self.db.session() as session:
+                release_feed(session, feed.id, self.owner,
+                             next_check_at=datetime.now(UTC) + timedelta(seconds=wait))
         await asyncio.to_thread(write)
 
     async def _failed(self, feed: FeedState, interval: float, fetched: Fetched, reason: str,
@@ -129,16 +200,31 @@ class Refresher:
         errors = feed.error_count + 1
         state = "gone" if fetched.status == 410 else (
             "failing" if errors >= FAILING_AFTER else "ok")
+        delay = backoff_delay(interval, errors, self.schedule)
+        if state == "gone":
+            delay = self.schedule.max_backoff  # still probed, in case it comes back
+        pause = None
+        if fetched.status in (429, 503):
+            raw = fetched.headers.get("retry-after")
+            if fetched.retry_after is not None:
+                pause = min(fetched.retry_after, self.schedule.max_backoff)
+                delay = max(delay, pause)
+                reason += f" (Retry-After {pause:g} s: every feed on {feed.host} waits)"
+            elif raw:
+                reason += f" (Retry-After {raw[:40]!r} ignored: neither seconds nor a date)"
         log.warning("feed %s: %s (%s, %d consecutive error%s)", feed.name, reason, feed.url,
                     errors, "" if errors == 1 else "s")
+        if pause:
+            self.hosts.pause(feed.host, pause)
 
         def write() -> None:
             with self.db.session() as session:
+                if pause:
+                    pause_host(session, feed.host, now + timedelta(seconds=pause))
                 release_feed(
                     session, feed.id, self.owner,
-                    next_check_at=now + timedelta(seconds=next_check_delay(interval, errors)),
+                    next_check_at=now + timedelta(seconds=delay),
                     state=state, error_count=errors, last_error=reason,
                     last_status=fetched.status, last_checked_at=now)
         await asyncio.to_thread(write)
         return RefreshOutcome(feed.name, "error", error=reason, elapsed=fetched.elapsed)
-

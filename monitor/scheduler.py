@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
+import time
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from monitor.service import Monitor
+from monitor.service import Monitor, is_database_error, short_error
+from monitor.store.queries import FeedState
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class Daemon:
         self._deliver_now = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._ticking = False
+        self._db_failures = 0
+        self._db_retry_at = 0.0  # monotonic; no database work before it
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -38,23 +43,56 @@ class Daemon:
             self._deliver_now.set()
 
     async def _tick(self) -> None:
-        if self._stopping.is_set() or self._ticking:
+        """Start a claim in a task of its own, tracked with the refreshes, so that stopping
+        (APScheduler cancels running jobs) waits for it instead of cutting it off."""
+        if self._stopping.is_set() or self._ticking or time.monotonic() < self._db_retry_at:
             return
         self._ticking = True
+        task = asyncio.create_task(self._claim_and_start())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _claim_and_start(self) -> None:
+        """Claim what is due and start a task per feed without waiting for them: a feed
+        that takes its full 30 s never holds back the next tick's feeds."""
         try:
-            task = asyncio.create_task(self.monitor.refresh_feeds())
-            self._in_flight.add(task)
-            try:
-                outcomes = await task
-            finally:
-                self._in_flight.discard(task)
-            if any(o.alerts for o in outcomes):
-                self._deliver_now.set()
-        except Exception:
-            # The database may be away for a while; log and try again on the next tick.
-            log.exception("poll cycle failed")
+            # Claim no more than can start soon, so that leases are not spent waiting.
+            room = 2 * self.monitor.config.fetch.concurrency - len(self._in_flight)
+            feeds = await self.monitor.claim_feeds(room)
+            self._database_back()
+            for feed in feeds:
+                task = asyncio.create_task(self._refresh(feed))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except Exception as exc:
+            self._database_trouble(exc, "claiming feeds")
         finally:
             self._ticking = False
+
+    async def _refresh(self, feed: FeedState) -> None:
+        outcome = await self.monitor.refresh(feed)
+        if outcome.alerts:
+            self._deliver_now.set()
+
+    def _database_trouble(self, exc: Exception, doing: str) -> None:
+        """Back off while the database is away (restarted, network cut): one warning per
+        attempt, no traceback, and nothing queued is lost: it is all in the database."""
+        if not is_database_error(exc):
+            log.exception("%s failed", doing)
+            return
+        self._db_failures += 1
+        delay = min(2 ** (self._db_failures - 1), 30) * random.uniform(0.8, 1.2)
+        self._db_retry_at = time.monotonic() + delay
+        log.warning("database unavailable while %s (%s); retrying in %.0f s",
+                    doing, short_error(exc), delay)
+
+    def _database_back(self) -> None:
+        if self._db_failures:
+            log.info("database reachable again after %d failed attempt%s", self._db_failures,
+                     "" if self._db_failures == 1 else "s")
+            self._db_failures = 0
+            self._db_retry_at = 0.0
+            self._deliver_now.set()  # deliveries queued during the outage go out now
 
     async def _delivery_loop(self) -> None:
         while not self._stopping.is_set():
@@ -63,12 +101,15 @@ class Daemon:
             self._deliver_now.clear()
             if self._stopping.is_set():
                 break
+            if time.monotonic() < self._db_retry_at:
+                continue
             try:
                 summary = await self.monitor.deliver()
+                self._database_back()
                 if summary.attempted >= 200:
                     self._deliver_now.set()  # more may be waiting
-            except Exception:
-                log.exception("delivery cycle failed")
+            except Exception as exc:
+                self._database_trouble(exc, "delivering alerts")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

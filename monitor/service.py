@@ -30,10 +30,11 @@ from monitor.alerts.sample import sample_alert
 from monitor.articles import prepare as prepare_candidate
 from monitor.config import Config, Secrets, channel_missing_secrets
 from monitor.fetch import Fetcher
+from monitor.net import network_policy
 from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
 from monitor.store.database import Database
-from monitor.store.queries import claim_due_feeds, store_candidates, sync_feeds
+from monitor.store.queries import FeedState, claim_due_feeds, store_candidates, sync_feeds
 from monitor.stories import StoryRules
 from monitor.text.match import Matcher
 from monitor.text.normalize import load_normalizer
@@ -51,6 +52,20 @@ class DeliverySummary:
     failed: int = 0
     dead: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from monitor.store.database import DatabaseError
+
+    return isinstance(exc, OperationalError | DBAPIError | DatabaseError)
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of a driver error, without SQL and parameters."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def process_owner() -> str:
@@ -72,6 +87,9 @@ class Monitor:
         self.matcher = Matcher(config.watches)
         self.channels: dict[str, Channel] = {}
         self._fetcher: Fetcher | None = None
+        self._refresher: Refresher | None = None
+        self._fetch_slots: asyncio.Semaphore | None = None
+        self._intervals = {f.name: f.interval for f in config.feeds if f.enabled}
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
         self.story_rules = StoryRules(
             window=timedelta(seconds=config.stories.window),
@@ -114,8 +132,17 @@ class Monitor:
     @property
     def fetcher(self) -> Fetcher:
         if self._fetcher is None:
-            self._fetcher = Fetcher(self.config.fetch)
+            self._fetcher = Fetcher(self.config.fetch, network_policy(self.config.network))
         return self._fetcher
+
+    @property
+    def refresher(self) -> Refresher:
+        if self._refresher is None:
+            self._refresher = Refresher(
+                self.db, self.fetcher, self.matcher, self.active_channels_for, self.owner,
+                self.story_rules, self.config.schedule,
+                patience=self.config.database.lease_seconds / 2)
+        return self._refresher
 
     async def close(self) -> None:
         if self._fetcher is not None:
@@ -126,35 +153,42 @@ class Monitor:
 
     # --- fetching ----------------------------------------------------------------------
 
-    async def refresh_feeds(self, due_only: bool = True,
-                            limit: int = 1000) -> list[RefreshOutcome]:
-        """Claim feeds (due ones, or all with due_only=False) and refresh them concurrently."""
-        intervals = {f.name: f.interval for f in self.config.feeds if f.enabled}
-        if not intervals:
+    async def claim_feeds(self, limit: int, due_only: bool = True) -> list[FeedState]:
+        """Lease feeds that are due (or all with due_only=False) for this process."""
+        if not self._intervals or limit <= 0:
             return []
         lease = timedelta(seconds=self.config.database.lease_seconds)
 
-        def claim() -> list:
+        def claim() -> list[FeedState]:
             with self.db.session() as session:
-                return claim_due_feeds(session, self.owner, intervals, datetime.now(UTC),
-                                       lease, limit, due_only=due_only)
+                return claim_due_feeds(session, self.owner, self._intervals,
+                                       datetime.now(UTC), lease, limit, due_only=due_only)
 
-        feeds = await asyncio.to_thread(claim)
-        refresher = Refresher(self.db, self.fetcher, self.matcher, self.active_channels_for,
-                              self.owner, self.story_rules)
-        gate = asyncio.Semaphore(self.config.fetch.concurrency)
+        return await asyncio.to_thread(claim)
 
-        async def one(feed) -> RefreshOutcome:
-            async with gate:
-                try:
-                    return await refresher.refresh(feed, intervals[feed.name])
-                except Exception as exc:
-                    # A bug or a database hiccup in one feed must not stop the others; the
-                    # lease expires and the feed is tried again.
+    async def refresh(self, feed: FeedState) -> RefreshOutcome:
+        """Refresh one claimed feed; never raises."""
+        if self._fetch_slots is None:
+            self._fetch_slots = asyncio.Semaphore(self.config.fetch.concurrency)
+        async with self._fetch_slots:
+            try:
+                return await self.refresher.refresh(feed, self._intervals[feed.name])
+            except Exception as exc:
+                # A bug or a database hiccup in one feed must not stop the others; the
+                # lease expires and the feed is tried again.
+                if is_database_error(exc):
+                    log.warning("feed %s: could not record the refresh, database "
+                                "unavailable (%s); retried when its lease expires",
+                                feed.name, short_error(exc))
+                else:
                     log.exception("feed %s: refresh failed unexpectedly", feed.name)
-                    return RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+                return RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
 
-        return list(await asyncio.gather(*(one(f) for f in feeds)))
+    async def refresh_feeds(self, due_only: bool = True,
+                            limit: int = 100_000) -> list[RefreshOutcome]:
+        """Claim feeds and refresh them concurrently (`monitor poll`)."""
+        feeds = await self.claim_feeds(limit, due_only)
+        return list(await asyncio.gather(*(self.refresh(f) for f in feeds)))
 
     # --- delivering --------------------------------------------------------------------
 
@@ -240,7 +274,7 @@ class Monitor:
         if missing:
             return DeliveryResult.failure(f"channel {name} is inactive: set "
                                           f"{', '.join(missing)}", permanent=True)
-        channel = build_channel(channel_config, self.secrets)
+        channel = build_channel(channel_config, self.secrets, self.config.network)
         try:
             result = await channel.send(sample_alert(name, self.clock()))
         finally:

@@ -44,6 +44,7 @@ class Harness:
                          "case_sensitive": ["OIC"],
                          "channels": [c["name"] for c in channels]}],
             "channels": channels,
+            "network": {"allow_private_networks": True},  # the receivers are on loopback
         }, env={})
         self.clock = clock or FakeClock(START)
         secrets = Secrets({"MONITOR_WEBHOOK_SECRET": WEBHOOK_SECRET, **(env or {})})

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -65,6 +66,8 @@ class Feed(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     url: Mapped[str] = mapped_column(Text)
+    # The URL's host, so a Retry-After can pause every feed of one server at once.
+    host: Mapped[str | None] = mapped_column(String(255), index=True)
     etag: Mapped[str | None] = mapped_column(Text)
     last_modified: Mapped[str | None] = mapped_column(String(100))
     body_hash: Mapped[str | None] = mapped_column(String(64))
@@ -72,6 +75,8 @@ class Feed(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The interval chosen at the last full fetch (feed hints, adaptive), reused after a 304.
+    check_interval: Mapped[float | None] = mapped_column(Float)
     last_checked_at: Mapped[datetime | None]
     last_success_at: Mapped[datetime | None]
     next_check_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -6,8 +6,11 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+import httpx
 from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +35,8 @@ class FeedState:
     last_modified: str | None
     body_hash: str | None
     error_count: int
+    host: str = ""
+    check_interval: float | None = None  # chosen at the last full fetch; None = configured
 
 
 @dataclass
@@ -49,18 +54,40 @@ def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
+def _insert(session: Session) -> Callable[..., Any]:
+    """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+def url_host(url: str) -> str:
+    """The host politeness is counted per (ports of one server count as one)."""
+    try:
+        return httpx.URL(url).host.lower()
+    except (httpx.InvalidURL, TypeError):
+        return ""
+
+
 def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> None:
     """Make sure every configured feed has a row; a changed URL replaces the stored one."""
     rows = {f.name: f for f in session.scalars(select(Feed))}
     for feed in feeds:
         row = rows.get(feed.name)
         if row is None:
-            session.add(Feed(name=feed.name, url=feed.url, next_check_at=now, created_at=now))
+            # Daemons starting together register the same feeds: the first insert wins.
+            session.execute(_insert(session)(Feed).values(
+                name=feed.name, url=feed.url, host=url_host(feed.url), state="new",
+                error_count=0, next_check_at=now, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["name"]))
         elif row.url != feed.url:
-            row.url = feed.url
+            row.url, row.host = feed.url, url_host(feed.url)
             row.etag = row.last_modified = row.body_hash = None
+            row.check_interval = None
             row.next_check_at = now
             row.state, row.error_count = "new", 0
+        elif row.host is None:
+            row.host = url_host(row.url)  # rows from before the host column
 
 
 def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: datetime,
@@ -80,7 +107,17 @@ def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: dat
     for feed in feeds:
         feed.lease_owner, feed.lease_until = owner, now + lease
     return [FeedState(f.id, f.name, f.url, f.etag, f.last_modified, f.body_hash,
-                      f.error_count) for f in feeds]
+                      f.error_count, f.host or url_host(f.url), f.check_interval)
+            for f in feeds]
+
+
+def pause_host(session: Session, host: str, until: datetime) -> int:
+    """Push the next check of every feed on `host` to at least `until` (a Retry-After
+    is about the server, not the one URL that got it). Returns how many feeds moved."""
+    result = session.execute(
+        update(Feed).where(Feed.host == host, Feed.next_check_at < until)
+        .values(next_check_at=until))
+    return result.rowcount or 0
 
 
 def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: datetime,

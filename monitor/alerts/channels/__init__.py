@@ -12,6 +12,7 @@ from monitor.config import (
     Config,
     EmailChannelConfig,
     LogChannelConfig,
+    NetworkConfig,
     Secrets,
     WebhookChannelConfig,
     channel_missing_secrets,
@@ -28,7 +29,8 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
-def build_channel(config: ChannelConfig, secrets: Secrets) -> Channel:
+def build_channel(config: ChannelConfig, secrets: Secrets,
+                  network: NetworkConfig | None = None) -> Channel:
     # Imported here so that a log-only setup never loads SMTP or HTTP code.
     if isinstance(config, LogChannelConfig):
         from monitor.alerts.channels.log import LogChannel
@@ -36,9 +38,11 @@ def build_channel(config: ChannelConfig, secrets: Secrets) -> Channel:
         return LogChannel(config)
     if isinstance(config, WebhookChannelConfig):
         from monitor.alerts.channels.webhook import WebhookChannel
+        from monitor.net import network_policy
 
         return WebhookChannel(config, secrets.get(config.secret_env),
-                              url=secrets.get(config.url_env))
+                              url=secrets.get(config.url_env),
+                              policy=network_policy(network or NetworkConfig()))
     if isinstance(config, EmailChannelConfig):
         from monitor.alerts.channels.email import EmailChannel
 
@@ -59,5 +63,5 @@ def build_active_channels(config: Config, secrets: Secrets) -> dict[str, Channel
             _log.warning("channel %s is inactive: environment variable(s) %s not set",
                         channel.name, ", ".join(missing))
             continue
-        active[channel.name] = build_channel(channel, secrets)
+        active[channel.name] = build_channel(channel, secrets, config.network)
     return active

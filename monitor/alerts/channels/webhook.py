@@ -16,8 +16,6 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -29,6 +27,7 @@ from monitor.alerts.render import (
     webhook_payload,
 )
 from monitor.config import WebhookChannelConfig
+from monitor.net import PUBLIC_ONLY, GuardedTransport, NetworkPolicy, parse_retry_after
 
 
 def decode_secret(secret: str) -> bytes:
@@ -50,30 +49,17 @@ def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP-date."""
-    if not value or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
-
-
 class WebhookChannel:
     def __init__(self, config: WebhookChannelConfig, secret: str | None,
-                 url: str | None = None) -> None:
+                 url: str | None = None, policy: NetworkPolicy = PUBLIC_ONLY) -> None:
         self.name = config.name
         self._config = config
         self._url = url or config.url
         self._secret = decode_secret(secret) if secret else None
-        self._client = httpx.AsyncClient(timeout=config.timeout, follow_redirects=False)
+        # The same private-network guard as feeds: a webhook URL must not reach the LAN
+        # unless network.* in the config allows it.
+        self._client = httpx.AsyncClient(timeout=config.timeout, follow_redirects=False,
+                                         transport=GuardedTransport(policy))
 
     def body(self, message: Outgoing) -> bytes:
         c = self._config

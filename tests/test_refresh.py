@@ -1,0 +1,172 @@
+"""Feed health and schedule on both backends: backoff, failing, gone, permanent redirects,
+feed hints, unchanged bodies, and hostile encodings stored as clean UTF-8."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from monitor.config import load_config, load_secrets
+from monitor.refresh import RefreshOutcome
+from monitor.service import Monitor
+from monitor.store.models import Article, Feed
+from tests.conftest import write_config
+from tests.servers import FeedServer, Route, rss
+
+
+def make_monitor(tmp_path: Path, db_url: str, feeds: dict[str, str], **sections: object
+                 ) -> Monitor:
+    sections = {"schedule": {"jitter": 0}, "fetch": {"per_host_spacing": 0}, **sections}
+    path = write_config(tmp_path / "monitor.yaml", db_url,
+                        feeds=[{"name": n, "url": u, "interval": 60} for n, u in feeds.items()],
+                        **sections)
+    config = load_config(path, env={})
+    monitor = Monitor(config, load_secrets(config, env={}))
+    monitor.prepare()
+    return monitor
+
+
+def poll(monitor: Monitor) -> dict[str, RefreshOutcome]:
+    """One `monitor poll`: a fresh process-like Monitor on the same database."""
+    async def run() -> list[RefreshOutcome]:
+        once = Monitor(monitor.config, monitor.secrets, db=monitor.db)
+        try:
+            return await once.refresh_feeds(due_only=False)
+        finally:
+            await once.close()
+    return {o.feed: o for o in asyncio.run(run())}
+
+
+def feed_row(monitor: Monitor, name: str) -> Feed:
+    with monitor.db.session() as session:
+        return session.scalars(select(Feed).where(Feed.name == name)).one()
+
+
+def until_next_check(row: Feed) -> float:
+    return (row.next_check_at - datetime.now(UTC)).total_seconds()
+
+
+def test_backoff_failing_and_recovery(tmp_path: Path, db_url: str,
+                                      feed_server: FeedServer) -> None:
+    url = feed_server.set_feed("/f", "gone for now", status=404, content_type="text/plain")
+    monitor = make_monitor(tmp_path, db_url, {"f": url})
+    delays = []
+    for _ in range(4):
+        assert poll(monitor)["f"].error == "HTTP 404 Not Found"
+        row = feed_row(monitor, "f")
+        delays.append(until_next_check(row))
+    assert row.error_count == 4 and row.state == "failing"
+    assert [round(d / 60) for d in delays] == [2, 4, 8, 16]  # interval * 2^n
+    assert row.last_error == "HTTP 404 Not Found" and row.last_status == 404
+
+    feed_server.set_feed("/f", rss([{"title": "back", "guid": "1"}]))
+    assert poll(monitor)["f"].result == "stored"  # a failing feed is still probed
+    row = feed_row(monitor, "f")
+    assert (row.state, row.error_count, row.last_error) == ("ok", 0, None)
+    assert 55 < until_next_check(row) <= 60
+
+
+def test_gone_feeds(tmp_path: Path, db_url: str, feed_server: FeedServer) -> None:
+    url = feed_server.set_feed("/f", "", status=410)
+    monitor = make_monitor(tmp_path, db_url, {"f": url})
+    poll(monitor)
+    row = feed_row(monitor, "f")
+    assert row.state == "gone" and row.last_error == "HTTP 410 Gone"
+    assert until_next_check(row) > 23 * 3600  # still probed, once a day
+
+
+def test_permanent_redirects_update_the_url(tmp_path: Path, db_url: str,
+                                            feed_server: FeedServer,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    new = feed_server.set_feed("/new", rss([{"title": "a", "guid": "1"}]))
+    feed_server.routes["/moved"] = Route(status=301, headers={"location": "/new"})
+    feed_server.routes["/temporary"] = Route(status=302, headers={"location": "/new"})
+    monitor = make_monitor(tmp_path, db_url, {"moved": feed_server.url("/moved"),
+                                              "temporary": feed_server.url("/temporary")})
+    with caplog.at_level(logging.WARNING):
+        outcomes = poll(monitor)
+    assert outcomes["moved"].result == "stored"
+    assert feed_row(monitor, "moved").url == new
+    assert feed_row(monitor, "temporary").url == feed_server.url("/temporary")
+    assert f"feed moved: permanently moved from {feed_server.url('/moved')} to {new}" \
+        in caplog.text
+
+
+def test_feed_hints_and_an_unchanged_body(tmp_path: Path, db_url: str,
+                                          feed_server: FeedServer) -> None:
+    body = rss([{"title": "a", "guid": "1"}]).replace("<channel>", "<channel><ttl>30</ttl>")
+    route = Route(body=body.encode(), headers={"cache-control": "max-age=120"})
+    feed_server.routes["/ttl"] = route
+    # A server that ignores validators: no ETag, so every answer is a full 200.
+    feed_server.routes["/same"] = Route(handler=lambda h: _plain(h, route.body))
+    monitor = make_monitor(tmp_path, db_url, {"ttl": feed_server.url("/ttl"),
+                                              "same": feed_server.url("/same")},
+                           schedule={"jitter": 0, "max_hint": "20m"})
+    assert poll(monitor)["ttl"].result == "stored"
+    assert until_next_check(feed_row(monitor, "ttl")) == pytest.approx(1200, abs=5)
+    outcomes = poll(monitor)
+    assert outcomes["ttl"].result == "not_modified"
+    assert until_next_check(feed_row(monitor, "ttl")) == pytest.approx(1200, abs=5)
+    assert outcomes["same"].result == "unchanged"
+
+
+def _plain(handler: object, body: bytes) -> None:
+    handler.send_response(200)  # type: ignore[attr-defined]
+    handler.send_header("content-type", "application/rss+xml")  # type: ignore[attr-defined]
+    handler.send_header("content-length", str(len(body)))  # type: ignore[attr-defined]
+    handler.end_headers()  # type: ignore[attr-defined]
+    handler.wfile.write(body)  # type: ignore[attr-defined]
+
+
+def test_hostile_encodings_are_stored_as_clean_utf8(tmp_path: Path, db_url: str,
+                                                    feed_server: FeedServer) -> None:
+    arabic = "سازمان همكاري اسلامي"
+    persian = "نشست وزیران خارجه در جده"
+    feeds = {
+        "cp1256": feed_server.set_feed(
+            "/cp1256", rss([{"title": arabic, "guid": "1"}], title="x").replace(
+                '<?xml version="1.0" encoding="utf-8"?>', "").encode("cp1256"),
+            content_type="application/rss+xml; charset=windows-1256"),
+        "utf16": feed_server.set_feed(
+            "/utf16", rss([{"title": persian, "guid": "2"}]).replace(
+                'encoding="utf-8"', 'encoding="utf-16"').encode("utf-16"),
+            content_type="application/rss+xml"),
+        "nul": feed_server.set_feed(
+            "/nul", rss([{"title": "x", "guid": "3"}]).replace(
+                "<title>x</title>", "<title>bad&#0;\x00 char&#xDC00;s</title>").encode()),
+    }
+    monitor = make_monitor(tmp_path, db_url, feeds)
+    outcomes = poll(monitor)
+    assert {n: o.result for n, o in outcomes.items()} == dict.fromkeys(feeds, "stored")
+    with monitor.db.session() as session:
+        titles = {a.origin: a.title for a in session.scalars(select(Article).where(
+            Article.feed_id.is_not(None)))}
+    # Display text may fold Arabic yeh/kaf to Persian; the letters must be right either way.
+    assert titles["cp1256"].translate(str.maketrans("يك", "یک")) == \
+        arabic.translate(str.maketrans("يك", "یک"))
+    assert titles["utf16"] == persian
+    assert titles["nul"].replace(" ", "") == "badchars"
+
+
+def test_retry_after_defers_feeds_already_claimed(tmp_path: Path, db_url: str,
+                                                  feed_server: FeedServer) -> None:
+    """Two feeds of one host in one cycle: the 429 pauses the host, so the second feed is
+    given back untouched rather than fetched against the server's wish."""
+    limited = feed_server.set_feed("/a", "", status=429, headers={"retry-after": "300"})
+    other = feed_server.set_feed("/b", rss([]))
+    monitor = make_monitor(tmp_path, db_url, {"a": limited, "b": other},
+                           fetch={"per_host_concurrency": 1, "per_host_spacing": 0.3})
+    outcomes = poll(monitor)
+    results = sorted(o.result for o in outcomes.values())
+    if results == ["deferred", "error"]:  # /a went first
+        assert feed_server.hits("/b") == 0
+        assert until_next_check(feed_row(monitor, "b")) > timedelta(minutes=4).seconds
+    else:  # /b was fetched before /a answered 429; it is pushed all the same
+        assert results == ["error", "stored"]
+        assert until_next_check(feed_row(monitor, "b")) > 290
+    assert until_next_check(feed_row(monitor, "a")) > 290

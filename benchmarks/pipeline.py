@@ -419,6 +419,7 @@ def memory(sizes: Sizes) -> dict[str, Any]:
 # Which stage a monitor module is, for the profile summary (README's layout table).
 STAGES = {
     "monitor/fetch": "fetch (HTTP client)",
+    "monitor/net": "fetch (HTTP client)",
     "monitor/parse": "parse (feedparser)",
     "monitor/articles": "text keys, language, matching",
     "monitor/text": "text keys, language, matching",

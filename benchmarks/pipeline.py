@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks import rss2email
 from benchmarks.loopback import LoopbackServer
-from benchmarks.worker import WEBHOOK_SECRET, WEBHOOK_SECRET_ENV, bench_config
+from benchmarks.worker import WEBHOOK_SECRET, WEBHOOK_SECRET_ENV, bench_config, process_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,15 +312,6 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str,
         time.sleep(0.05)
 
 
-def rss_of(pid: int) -> dict[str, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) / 1024
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
-
-
 # --- 4. latency --------------------------------------------------------------------------
 
 def latency(sizes: Sizes) -> dict[str, Any]:
@@ -397,7 +388,7 @@ def memory(sizes: Sizes) -> dict[str, Any]:
                           f"poll cycle {cycle} over {feeds} feeds", daemon)
                 if cycle < 3:
                     server.publish(0.1, seed=cycle)
-            measured = rss_of(daemon.pid)
+            measured = process_rss(daemon.pid)
             elapsed = time.monotonic() - started
         finally:
             daemon.stop()

@@ -44,10 +44,10 @@ WATCHES = [
 ]
 
 
-def process_rss() -> dict[str, float]:
-    """Current and peak resident set size of this process, in MB (Linux /proc)."""
+def process_rss(pid: int | str = "self") -> dict[str, float]:
+    """Current and peak resident set size of a process, in MB (Linux /proc)."""
     fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0]) / 1024

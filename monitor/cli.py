@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -22,8 +23,10 @@ from monitor.config import (
     load_config,
     load_fault_pauses,
     load_secrets,
+    pid_file_path,
+    secret_values,
 )
-from monitor.logs import setup_logging
+from monitor.logs import add_secrets, setup_logging
 from monitor.seed import SeedError
 from monitor.store.database import Database, DatabaseError
 
@@ -60,6 +63,12 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
         status = ("disabled" if not channel.enabled else
                   f"inactive, set {', '.join(missing)}" if missing else "active")
         out.write(f"  - {channel.name} ({channel.type}): {status}{_pacing(channel)}\n")
+    listen = config.http.listen
+    out.write(f"http: {listen} (/healthz, /metrics)\n" if listen else "http: off\n")
+    kept = config.retention
+    out.write("retention: articles {}, delivered alerts {}\n".format(
+        *(f"{days / 86400:g} days" if days else "for ever"
+          for days in (kept.articles, kept.delivered_alerts))))
     return EXIT_OK
 
 
@@ -126,7 +135,7 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         try:
             monitor.prepare()
             monitor.open_channels()
-            await Daemon(monitor).run()
+            await Daemon(monitor, config_path=args.config).run()
         finally:
             await monitor.close()
         return EXIT_OK
@@ -201,6 +210,8 @@ def _stories_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20,
                         help="how many stories, newest first (default: 20)")
     parser.add_argument("--json", action="store_true", help="one JSON object per story and line")
+
+
 def cmd_match(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from monitor.text.match import Matcher
     from monitor.text.report import match_lines
@@ -287,6 +298,53 @@ def cmd_explain(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if not items:
         out.write("the feed has no entries\n")
     return EXIT_OK if matched else EXIT_FAILED  # like grep: 1 = nothing matched
+
+
+def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.status import collect, render
+
+    db = Database(config.database.url)
+    db.migrate()
+    with db.session() as session:
+        status = collect(session, config, load_secrets(config), datetime.now(UTC))
+    db.dispose()
+    if args.json:
+        out.write(json.dumps(status.as_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.write(render(status))
+    return EXIT_OK
+
+
+def cmd_prune(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.retention import prune
+
+    db = Database(config.database.url)
+    db.migrate()
+    report = prune(db, config, datetime.now(UTC), dry_run=args.dry_run)
+    db.dispose()
+    out.write(report.describe() + "\n")
+    return EXIT_OK
+
+
+def cmd_reload(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    # The file was already validated by main(): an invalid one never reaches the daemon.
+    path = pid_file_path(config)
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        reason = "no pid file" if isinstance(exc, FileNotFoundError) else (
+            "no such process" if isinstance(exc, ProcessLookupError) else str(exc))
+        out.write(f"no running daemon found via {path} ({reason}); is it running with this "
+                  "config? (scheduler.pid_file sets the path)\n")
+        return EXIT_FAILED
+    out.write(f"configuration OK; asked the daemon (pid {pid}) to reload it; its log says "
+              "what changed\n")
+    return EXIT_OK
 
 
 def cmd_alerts(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -406,6 +464,9 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace, TextIO], int], s
     "stories": (cmd_stories, "list recent stories with their articles and sources"),
     "migrate": (cmd_migrate, "create or upgrade the database schema"),
     "seed": (cmd_seed, "load the seed baseline (already-known articles)"),
+    "status": (cmd_status, "feeds, watches and channels at a glance"),
+    "prune": (cmd_prune, "remove old rows per the retention policy"),
+    "reload": (cmd_reload, "validate the config and make the running daemon re-read it"),
     "explain": (cmd_explain, "show which watches match a text, file or feed, where, and why "
                              "not"),
     "match": (cmd_match, "backtest: JSON lines in on stdin, one {id, watches} line out each"),
@@ -435,6 +496,10 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "match": _match_arguments,
     "alerts": _alerts_arguments,
     "test-alert": _test_alert_arguments,
+    "status": lambda p: p.add_argument("--json", action="store_true",
+                                       help="print JSON for scripts instead of tables"),
+    "prune": lambda p: p.add_argument("--dry-run", action="store_true",
+                                      help="count what would be removed, remove nothing"),
 }
 
 
@@ -463,6 +528,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except ConfigError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    add_secrets(secret_values(config, load_secrets(config)))
     try:
         return handler(config, args, out)
     except (ConfigError, SeedError) as exc:

@@ -131,6 +131,49 @@ class SchedulerConfig(_Strict):
     tick: Duration = 1.0
     delivery_interval: Duration = 5.0
     shutdown_grace: Duration = 8.0
+    # Where the daemon writes its pid for `monitor reload`; default: next to the SQLite
+    # database, or data/monitor.pid for PostgreSQL.
+    pid_file: str | None = None
+
+
+class HttpConfig(_Strict):
+    """The daemon's /healthz and /metrics endpoint; `listen: null` turns it off."""
+
+    listen: str | None = "127.0.0.1:8787"
+    # /healthz answers 503 when no poll cycle has completed for this long.
+    max_cycle_age: Duration = 120.0
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            split_listen(listen)
+        return listen
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8787"`` or ``"[::1]:8787"`` -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port such as '127.0.0.1:8787', got {listen!r}")
+    return host, int(port)
+
+
+def _optional_duration(value: Any) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+OptionalDuration = Annotated[float | None, BeforeValidator(_optional_duration)]
+
+
+class RetentionConfig(_Strict):
+    """How long stored rows are kept; null keeps them for ever. Baseline articles, alerts
+    still waiting for delivery and what deduplication needs are always kept."""
+
+    articles: OptionalDuration = 180 * 86400.0
+    delivered_alerts: OptionalDuration = 90 * 86400.0
+    interval: Duration = 86400.0  # how often the daemon prunes
 
 
 class FeedConfig(_Strict):
@@ -354,6 +397,8 @@ class Config(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     stories: StoriesConfig = Field(default_factory=StoriesConfig)
     feeds: list[FeedConfig] = Field(default_factory=list)
     watches: list[WatchConfig] = Field(default_factory=list)
@@ -376,6 +421,12 @@ class Config(_Strict):
                     problems.append(
                         f"watches[{i}].channels[{j}]: no channel named {channel!r}"
                     )
+        kept = self.retention.articles
+        if kept is not None and kept < self.stories.window:
+            # Copies join a story through articles inside the window: pruning them sooner
+            # would let a copy alert as a new story.
+            problems.append(f"retention.articles: must be at least stories.window "
+                            f"({self.stories.window / 86400:g} days), got {kept / 86400:g} days")
         if problems:
             raise ConfigError(problems)
         return self
@@ -488,6 +539,31 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
         elif isinstance(channel, EmailChannelConfig):
             wanted.update(n for n in (channel.username_env, channel.password_env) if n)
     return Secrets({name: env[name] for name in wanted if name in env})
+
+
+def pid_file_path(config: Config) -> Path:
+    """Where the daemon writes its pid and `monitor reload` looks for it."""
+    if config.scheduler.pid_file:
+        return Path(config.scheduler.pid_file)
+    url = config.database.url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url.removeprefix("sqlite:///").split("?", 1)[0]).parent / "monitor.pid"
+    return Path("data/monitor.pid")
+
+
+def secret_values(config: Config, secrets: Secrets) -> list[str]:
+    """Every secret value the process knows: the channels' and the database password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    values = list(secrets.values.values())
+    try:
+        password = make_url(config.database.url).password
+    except ArgumentError:
+        password = None
+    if password:
+        values.append(str(password))
+    return values
 
 
 def load_fault_pauses(env: Mapping[str, str] | None = None) -> dict[str, float]:

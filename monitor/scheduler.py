@@ -2,38 +2,73 @@
 
 Every tick claims the feeds that are due (their `next_check_at` has passed) and refreshes
 them as tasks, so a slow feed never delays the others; a separate loop drains the outbox,
-woken at once when a refresh queues alerts. SIGINT/SIGTERM stop claiming new work, let
-in-flight work finish within a grace period, and leave the rest safely queued.
+woken at once when a refresh queues alerts. A daily job applies the retention policy.
+SIGINT/SIGTERM stop claiming new work, let in-flight work finish within a grace period, and
+leave the rest safely queued. SIGHUP re-reads the config file (see `reload`). The HTTP
+endpoint (/healthz, /metrics) runs on the same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import signal
 import time
-from datetime import UTC, datetime
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select
 
+from monitor import metrics, retention
+from monitor.config import (
+    ConfigError,
+    load_config,
+    load_secrets,
+    pid_file_path,
+    secret_values,
+)
+from monitor.logs import add_secrets
 from monitor.service import Monitor, is_database_error, short_error
+from monitor.store.models import Feed
 from monitor.store.queries import FeedState
+from monitor.web import Endpoint, Response
 
 log = logging.getLogger(__name__)
 
+# Sections a reload cannot apply to a running process; a change to them is reported.
+RESTART_SECTIONS = ("database", "http", "scheduler", "seed")
+HEALTH_DB_TIMEOUT = 5.0
+FIRST_PRUNE_AFTER = 300.0
+
 
 class Daemon:
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, config_path: str | os.PathLike[str] | None = None
+                 ) -> None:
         self.monitor = monitor
         self.config = monitor.config.scheduler
+        self.config_path = config_path
         self._stopping = asyncio.Event()
         self._deliver_now = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._ticking = False
         self._db_failures = 0
         self._db_retry_at = 0.0  # monotonic; no database work before it
+        # A reload swaps the channels only between two delivery passes.
+        self._delivery_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._started = time.monotonic()
+        self._last_cycle: float | None = None  # monotonic time of the last completed claim
+        self.endpoint: Endpoint | None = None
+        self.started = asyncio.Event()  # set once the clock runs (tests and reload wait on it)
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -48,22 +83,28 @@ class Daemon:
         if self._stopping.is_set() or self._ticking or time.monotonic() < self._db_retry_at:
             return
         self._ticking = True
-        task = asyncio.create_task(self._claim_and_start())
+        self._spawn(self._claim_and_start())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """A task tracked with the in-flight work, so that stopping waits for it."""
+        task = asyncio.create_task(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+        return task
 
     async def _claim_and_start(self) -> None:
         """Claim what is due and start a task per feed without waiting for them: a feed
         that takes its full 30 s never holds back the next tick's feeds."""
         try:
             # Claim no more than can start soon, so that leases are not spent waiting.
+            started = time.monotonic()
             room = 2 * self.monitor.config.fetch.concurrency - len(self._in_flight)
             feeds = await self.monitor.claim_feeds(room)
             self._database_back()
+            self._last_cycle = time.monotonic()
+            metrics.record_cycle(time.time(), self._last_cycle - started)
             for feed in feeds:
-                task = asyncio.create_task(self._refresh(feed))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                self._spawn(self._refresh(feed))
         except Exception as exc:
             self._database_trouble(exc, "claiming feeds")
         finally:
@@ -104,26 +145,150 @@ class Daemon:
             if time.monotonic() < self._db_retry_at:
                 continue
             try:
-                summary = await self.monitor.deliver()
+                async with self._delivery_lock:
+                    summary = await self.monitor.deliver()
                 self._database_back()
                 if summary.attempted >= 200:
                     self._deliver_now.set()  # more may be waiting
             except Exception as exc:
                 self._database_trouble(exc, "delivering alerts")
 
+    async def _prune(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            report = await self._spawn(asyncio.to_thread(
+                retention.prune, self.monitor.db, self.monitor.config, datetime.now(UTC)))
+        except Exception as exc:
+            self._database_trouble(exc, "pruning (it runs again at the next interval)")
+            return
+        metrics.record_pruned(report.removed)
+        log.info("%s", report.describe())
+
+    # --- reload ------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        if not self._stopping.is_set():
+            self._spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file. A valid one takes effect at once (refreshes already
+        running finish with the old settings); an invalid one is logged with its YAML paths
+        and the running configuration stays."""
+        if self.config_path is None:
+            log.warning("reload: the daemon was not started from a config file")
+            return False
+        async with self._reload_lock:
+            log.info("reload: reading %s", self.config_path)
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                log.error("reload: %s\nkeeping the running configuration", exc)
+                return False
+            current = self.monitor.config
+            ignored = [s for s in RESTART_SECTIONS if getattr(config, s) != getattr(current, s)]
+            if ignored:
+                log.warning("reload: changes to %s need a restart; they are not applied",
+                            ", ".join(ignored))
+            config = config.model_copy(update={s: getattr(current, s) for s in ignored})
+            secrets = load_secrets(config)
+            add_secrets(secret_values(config, secrets))
+            try:
+                async with self._delivery_lock:
+                    await self.monitor.reconfigure(config, secrets)
+            except Exception:
+                # Registering the feeds comes before any swap, so a database error here
+                # leaves the running configuration whole.
+                log.exception("reload: could not apply %s; keeping the running configuration",
+                              self.config_path)
+                return False
+            if (self._scheduler is not None
+                    and config.retention.interval != current.retention.interval):
+                self._scheduler.reschedule_job("prune", trigger="interval",
+                                               seconds=config.retention.interval)
+            log.info("reload: applied: %d feeds, %d watches, channels: %s",
+                     len(config.feeds), len(config.watches),
+                     ", ".join(self.monitor.channels) or "none active")
+            self._deliver_now.set()
+            return True
+
+    # --- health --------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, str]:
+        """Whether the daemon is doing its job, and why not; never names config or secrets."""
+        if self._stopping.is_set():
+            return False, "shutting down"
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running or scheduler.get_job("tick") is None:
+            return False, "the scheduler is not running"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._ping_database), HEALTH_DB_TIMEOUT)
+        except Exception as exc:
+            return False, f"the database does not answer ({type(exc).__name__})"
+        since = time.monotonic() - (self._last_cycle or self._started)
+        if since > self.monitor.config.http.max_cycle_age:
+            return False, f"no poll cycle has completed for {since:.0f} s"
+        if self._last_cycle is None:
+            return True, "starting: no poll cycle has completed yet"
+        return True, f"last poll cycle completed {since:.1f} s ago"
+
+    def _ping_database(self) -> None:
+        # A read of a real table: SQLite answers a bare SELECT 1 without opening the file.
+        with self.monitor.db.session() as session:
+            session.execute(select(Feed.id).limit(1)).all()
+
+    async def _healthz(self) -> Response:
+        ok, reason = await self.health()
+        body = json.dumps({"status": "ok" if ok else "unhealthy", "reason": reason})
+        return Response(200 if ok else 503, body.encode() + b"\n", "application/json")
+
+    async def _start_endpoint(self) -> None:
+        listen = self.monitor.config.http.listen
+        if listen is None:
+            return
+        registry = metrics.build_registry(
+            self.monitor.db, lambda: [f.name for f in self.monitor.config.feeds if f.enabled])
+
+        async def scrape() -> Response:
+            body = await asyncio.to_thread(metrics.render, registry)
+            return Response(200, body, CONTENT_TYPE_LATEST)
+
+        endpoint = Endpoint(listen, {"/healthz": self._healthz, "/metrics": scrape})
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            # Alerting matters more than its dashboard: run on, and say so loudly (a second
+            # daemon on one host needs its own http.listen).
+            log.error("http.listen: cannot listen on %s (%s); running without /healthz and "
+                      "/metrics", listen, exc.strerror or exc)
+            return
+        self.endpoint = endpoint
+
+    # --- running -----------------------------------------------------------------------
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._start_endpoint()
+        pid_file = self._write_pid_file()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         scheduler = AsyncIOScheduler(timezone="UTC")
         # The real schedule is per feed in the database; this job is only the clock.
         scheduler.add_job(self._tick, "interval", seconds=self.config.tick, id="tick",
                           max_instances=1, coalesce=True,
                           misfire_grace_time=max(int(self.config.tick * 10), 10),
                           next_run_time=None)
+        prune_every = self.monitor.config.retention.interval
+        scheduler.add_job(self._prune, "interval", seconds=prune_every, id="prune",
+                          max_instances=1, coalesce=True, misfire_grace_time=3600,
+                          next_run_time=datetime.now(UTC) + timedelta(
+                              seconds=min(prune_every, FIRST_PRUNE_AFTER)))
         scheduler.start()
+        self._scheduler = scheduler
         scheduler.get_job("tick").modify(next_run_time=datetime.now(UTC))
         delivery = asyncio.create_task(self._delivery_loop())
+        self.started.set()
         log.info("monitor running: %d feeds, %d watches, channels: %s",
                  len(self.monitor.config.feeds), len(self.monitor.config.watches),
                  ", ".join(self.monitor.channels) or "none active")
@@ -132,8 +297,11 @@ class Daemon:
         finally:
             scheduler.shutdown(wait=False)
             await self._drain(delivery)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.endpoint is not None:
+                await self.endpoint.close()
+            self._remove_pid_file(pid_file)
         log.info("monitor stopped")
 
     async def _drain(self, delivery: asyncio.Task) -> None:
@@ -149,3 +317,19 @@ class Daemon:
         with contextlib.suppress(Exception):
             await self.monitor.deliver()  # a last pass for alerts queued while stopping
 
+    def _write_pid_file(self) -> Path | None:
+        path = pid_file_path(self.monitor.config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{os.getpid()}\n", encoding="ascii")
+        except OSError as exc:
+            log.warning("cannot write the pid file %s (%s); `monitor reload` will not find "
+                        "this daemon, send SIGHUP yourself", path, exc.strerror or exc)
+            return None
+        return path
+
+    @staticmethod
+    def _remove_pid_file(path: Path | None) -> None:
+        with contextlib.suppress(OSError):
+            if path is not None and path.read_text(encoding="ascii").strip() == str(os.getpid()):
+                path.unlink()

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import Counter
-
+from monitor import metrics
 from monitor.alerts.channels import Channel, build_active_channels, build_channel
 from monitor.alerts.message import DeliveryResult, Outgoing
 from monitor.alerts.outbox import (
@@ -40,9 +39,6 @@ from monitor.text.match import Matcher
 from monitor.text.normalize import load_normalizer
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTERS = Counter("monitor_alert_dead_letters", "Deliveries given up on, by channel",
-                       ["channel"])
 
 
 @dataclass
@@ -77,24 +73,50 @@ class Monitor:
     def __init__(self, config: Config, secrets: Secrets, db: Database | None = None,
                  clock: Callable[[], datetime] | None = None,
                  fault_pauses: Mapping[str, float] | None = None) -> None:
-        self.config = config
         # Injectable so digest and quiet-hours behaviour can be tested without waiting.
         self.clock = clock or (lambda: datetime.now(UTC))
         self.fault_pauses = dict(fault_pauses or {})
-        self.secrets = secrets
         self.db = db or Database(config.database.url)
         self.owner = process_owner()
-        self.matcher = Matcher(config.watches)
         self.channels: dict[str, Channel] = {}
         self._fetcher: Fetcher | None = None
         self._refresher: Refresher | None = None
         self._fetch_slots: asyncio.Semaphore | None = None
+        self._retired_fetchers: list[Fetcher] = []
+        self._use(config, secrets)
+
+    def _use(self, config: Config, secrets: Secrets) -> None:
+        self.config, self.secrets = config, secrets
+        self.matcher = Matcher(config.watches)
         self._intervals = {f.name: f.interval for f in config.feeds if f.enabled}
         self._watch_channels = {w.name: list(w.channels) for w in config.watches}
         self.story_rules = StoryRules(
             window=timedelta(seconds=config.stories.window),
             threshold=config.stories.threshold,
             update_watches=frozenset(w.name for w in config.watches if w.alert_on_update))
+
+    async def reconfigure(self, config: Config, secrets: Secrets) -> None:
+        """Switch to a new config without a restart: feeds, watches, channels, stories,
+        schedule, fetch and network settings, retention. Queued deliveries are rows in the
+        database and stay queued (for a channel that is gone they wait until it comes back).
+        Refreshes already running finish with the old settings; the caller makes sure no
+        delivery pass is running."""
+        def sync() -> None:
+            with self.db.session() as session:
+                sync_feeds(session, config.feeds, datetime.now(UTC))
+
+        await asyncio.to_thread(sync)
+        old_channels = list(self.channels.values())
+        if self._fetcher is not None and (config.fetch, config.network) != (
+                self.config.fetch, self.config.network):
+            # Refreshes in flight still use it: it is closed at shutdown.
+            self._retired_fetchers.append(self._fetcher)
+            self._fetcher, self._fetch_slots = None, None
+        self._use(config, secrets)
+        self._refresher = None  # the next refresh builds one with the new settings
+        self.open_channels()
+        for channel in old_channels:
+            await channel.close()
 
     # --- setup -------------------------------------------------------------------------
 
@@ -145,8 +167,9 @@ class Monitor:
         return self._refresher
 
     async def close(self) -> None:
-        if self._fetcher is not None:
-            await self._fetcher.close()
+        for fetcher in (*self._retired_fetchers, self._fetcher):
+            if fetcher is not None:
+                await fetcher.close()
         for channel in self.channels.values():
             await channel.close()
         self.db.dispose()
@@ -172,7 +195,7 @@ class Monitor:
             self._fetch_slots = asyncio.Semaphore(self.config.fetch.concurrency)
         async with self._fetch_slots:
             try:
-                return await self.refresher.refresh(feed, self._intervals[feed.name])
+                outcome = await self.refresher.refresh(feed, self._intervals[feed.name])
             except Exception as exc:
                 # A bug or a database hiccup in one feed must not stop the others; the
                 # lease expires and the feed is tried again.
@@ -182,7 +205,9 @@ class Monitor:
                                 feed.name, short_error(exc))
                 else:
                     log.exception("feed %s: refresh failed unexpectedly", feed.name)
-                return RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+                outcome = RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+        metrics.record_refresh(outcome)
+        return outcome
 
     async def refresh_feeds(self, due_only: bool = True,
                             limit: int = 100_000) -> list[RefreshOutcome]:
@@ -246,6 +271,7 @@ class Monitor:
                  state: str | None) -> None:
         if state is None:
             return  # the lease was lost; the process that took it over records the result
+        metrics.record_delivery(message.channel, state)
         summary.attempted += 1
         if state == "delivered":
             summary.delivered += 1
@@ -256,7 +282,7 @@ class Monitor:
                       result.error)
         elif state == "dead":
             summary.dead += 1
-            DEAD_LETTERS.labels(message.channel).inc()
+            metrics.DEAD_LETTERS.labels(message.channel).inc()
             log.error("channel %s: delivery %s dead-lettered after %d attempt(s): %s "
                       "(`monitor alerts --state dead` lists it, `monitor alerts retry` "
                       "re-queues it)", message.channel, message.message_id, message.attempt,

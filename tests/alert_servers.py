@@ -128,9 +128,13 @@ class ScriptedSmtp:
         def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
                          auth_data: Any) -> AuthResult:
             # handled=False: aiosmtpd answers 535 itself on failure.
+            if outer.password is not None:
+                return AuthResult(success=auth_data.password == outer.password.encode(),
+                                  handled=False)
             return AuthResult(success=bool(outer.auth_ok), handled=False)
 
         self.auth_ok = auth_ok
+        self.password: str | None = None  # when set, AUTH succeeds only with this password
         self.port = free_port()
         kwargs: dict[str, Any] = {}
         if auth_ok is not None:

@@ -102,6 +102,9 @@ def write_config(path: Path, db_url: str, **sections: Any) -> Path:
         # Every test server is on loopback, which the private-network guard refuses by
         # default; the guard's own tests turn it back on.
         "network": {"allow_private_networks": True},
+        # Off unless a test asks for it (port 0 or a free port): parallel runs must not
+        # meet on the default 127.0.0.1:8787.
+        "http": {"listen": None},
     }
     data.update(sections)
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")

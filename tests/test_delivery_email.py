@@ -141,6 +141,23 @@ def test_auth_failure_pauses_the_channel(sqlite_url: str) -> None:
         server.stop()
 
 
+def test_non_ascii_password_is_sent_as_utf8(sqlite_url: str) -> None:
+    server = ScriptedSmtp(auth_ok=True).start()
+    server.password = "رمز-عبور۱۴۰۵"
+    env = {"SMTP_USER": "monitor", "SMTP_PASSWORD": server.password}
+    config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
+                   allow_plaintext_auth=True)
+    h = Harness(sqlite_url, [config], env=env)
+    try:
+        h.queue()
+        h.deliver()
+        assert h.states() == ["delivered"]
+        assert len(server.received) == 1
+    finally:
+        h.close()
+        server.stop()
+
+
 def test_starttls_required_but_not_offered_sends_nothing(sqlite_url: str,
                                                          smtp: ScriptedSmtp) -> None:
     h = Harness(sqlite_url, [_mail(smtp.port, starttls=True)])

@@ -136,7 +136,10 @@ class ArticleBand(Base):
 
     __tablename__ = "article_bands"
     # WITHOUT ROWID on SQLite: the rows live in the primary-key B-tree, stored once.
+    # ix_article_bands_article_id: deleting an article (retention) cascades here; without
+    # it each deleted article scans the whole table.
     __table_args__ = (Index("ix_article_bands_baseline", "baseline", "band"),
+                      Index("ix_article_bands_article_id", "article_id"),
                       {"sqlite_with_rowid": False})
 
     band: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -157,6 +160,9 @@ class FeedEntry(Base):
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"),
                                             index=True)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last time a parsed document of the feed still carried the entry; retention keeps
+    # what a feed still carries so that it is never stored (and alerted) again.
+    last_seen: Mapped[datetime | None] = mapped_column(default=utcnow)
 
 
 class Alert(Base):

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from monitor import stories
+from monitor import metrics, stories
 from monitor.articles import Candidate
 from monitor.config import FeedConfig
 from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
@@ -195,7 +195,19 @@ def store_candidates(
             session.add(FeedEntry(feed_id=feed_id, entry_key=entry.key,
                                   article_id=article.id, first_seen=now))
     session.flush()
+    if feed_id is not None and candidates:
+        touch_feed_entries(session, feed_id, [c.entry.key for c in candidates], now)
     return result
+
+
+def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
+                       now: datetime) -> None:
+    """Mark the entries of a parsed document as still carried by the feed (retention)."""
+    for start in range(0, len(keys), 500):
+        session.execute(update(FeedEntry)
+                        .where(FeedEntry.feed_id == feed_id,
+                               FeedEntry.entry_key.in_(keys[start:start + 500]))
+                        .values(last_seen=now).execution_options(synchronize_session=False))
 
 
 def _lock_stories(session: Session) -> None:
@@ -308,6 +320,7 @@ def _queue_alerts(session: Session, article: Article, candidate: Candidate, rule
                       story_id=article.story_id, matched=list(match.terms), created_at=now)
         session.add(alert)
         session.flush()
+        metrics.record_match(match.watch)
         result.alerts += 1
         for channel in channels_for(match.watch):
             session.add(Delivery(alert_id=alert.id, channel=channel,

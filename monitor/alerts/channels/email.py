@@ -9,6 +9,7 @@ DATA is success; 4xx is retried; 5xx is permanent; 535 on AUTH pauses the channe
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
 import ssl
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ class EmailChannel:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if self._username and self._password:
-                smtp.login(self._username, self._password)
+                _login(smtp, self._username, self._password)
         except BaseException:
             smtp.close()
             raise
@@ -135,3 +136,23 @@ def _answer_failure(step: str, code: int, answer: bytes | str) -> DeliveryResult
 
 def _text(value: bytes | str) -> str:
     return (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)[:200]
+
+
+def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
+    """Log in; a non-ASCII password (a Persian one, say) goes as UTF-8 AUTH PLAIN.
+
+    smtplib encodes credentials as ASCII and raises UnicodeEncodeError otherwise, which would
+    turn a valid password into days of "internal error" retries; RFC 4616 PLAIN is UTF-8.
+    """
+    if (username + password).isascii():
+        smtp.login(username, password)
+        return
+    mechanisms = smtp.esmtp_features.get("auth", "").upper().split()
+    if "PLAIN" not in mechanisms:
+        raise smtplib.SMTPAuthenticationError(
+            535, b"the credentials contain non-ASCII characters and the server offers no "
+                 b"AUTH PLAIN to carry them")
+    token = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+    code, answer = smtp.docmd("AUTH", "PLAIN " + token)
+    if code not in (235, 503):  # 503: already authenticated
+        raise smtplib.SMTPAuthenticationError(code, answer)

@@ -111,12 +111,17 @@ def test_dropped_connection_after_data_repeats_with_same_message_id(
     assert smtp.received[0].message["Message-ID"] == smtp.received[1].message["Message-ID"]
 
 
-def test_auth_failure_pauses_the_channel(sqlite_url: str) -> None:
-    server = ScriptedSmtp(auth_ok=False).start()
-    env = {"SMTP_USER": "monitor", "SMTP_PASSWORD": "wrong"}
+def _authenticated(sqlite_url: str, server: ScriptedSmtp, password: str) -> Harness:
+    """A harness whose mail channel logs in as `monitor` with `password`."""
+    env = {"SMTP_USER": "monitor", "SMTP_PASSWORD": password}
     config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
                    allow_plaintext_auth=True)
-    h = Harness(sqlite_url, [config], env=env)
+    return Harness(sqlite_url, [config], env=env)
+
+
+def test_auth_failure_pauses_the_channel(sqlite_url: str) -> None:
+    server = ScriptedSmtp(auth_ok=False).start()
+    h = _authenticated(sqlite_url, server, "wrong")
     try:
         h.queue()
         h.deliver()
@@ -144,10 +149,7 @@ def test_auth_failure_pauses_the_channel(sqlite_url: str) -> None:
 def test_non_ascii_password_is_sent_as_utf8(sqlite_url: str) -> None:
     server = ScriptedSmtp(auth_ok=True).start()
     server.password = "رمز-عبور۱۴۰۵"
-    env = {"SMTP_USER": "monitor", "SMTP_PASSWORD": server.password}
-    config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
-                   allow_plaintext_auth=True)
-    h = Harness(sqlite_url, [config], env=env)
+    h = _authenticated(sqlite_url, server, server.password)
     try:
         h.queue()
         h.deliver()

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy import Connection, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -111,7 +111,7 @@ def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: dat
             for f in feeds]
 
 
-def pause_host(session: Session, host: str, until: datetime) -> int:
+def pause_host(session: Session | Connection, host: str, until: datetime) -> int:
     """Push the next check of every feed on `host` to at least `until` (a Retry-After
     is about the server, not the one URL that got it). Returns how many feeds moved."""
     result = session.execute(
@@ -120,8 +120,8 @@ def pause_host(session: Session, host: str, until: datetime) -> int:
     return result.rowcount or 0
 
 
-def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: datetime,
-                 **changes: object) -> None:
+def release_feed(session: Session | Connection, feed_id: int, owner: str, *,
+                 next_check_at: datetime, **changes: object) -> None:
     """Record a refresh's outcome on the feed row and give up the lease."""
     session.execute(
         update(Feed).where(Feed.id == feed_id, Feed.lease_owner == owner)

@@ -182,16 +182,16 @@ class Refresher:
                                    [fetched.max_age])
 
         def write() -> None:
-            with self.db.session() as session:
-                release_feed(session, feed.id, self.owner,
+            with self.db.transaction() as connection:
+                release_feed(connection, feed.id, self.owner,
                              **self._success_changes(feed, planned, fetched, now))
         await asyncio.to_thread(write)
 
     async def _defer(self, feed: FeedState, wait: float) -> None:
         """Give the feed back unfetched: its host is busy or asked for a pause."""
         def write() -> None:
-            with self.db.session() as session:
-                release_feed(session, feed.id, self.owner,
+            with self.db.transaction() as connection:
+                release_feed(connection, feed.id, self.owner,
                              next_check_at=datetime.now(UTC) + timedelta(seconds=wait))
         await asyncio.to_thread(write)
 
@@ -218,11 +218,11 @@ class Refresher:
             self.hosts.pause(feed.host, pause)
 
         def write() -> None:
-            with self.db.session() as session:
+            with self.db.transaction() as connection:
                 if pause:
-                    pause_host(session, feed.host, now + timedelta(seconds=pause))
+                    pause_host(connection, feed.host, now + timedelta(seconds=pause))
                 release_feed(
-                    session, feed.id, self.owner,
+                    connection, feed.id, self.owner,
                     next_check_at=now + timedelta(seconds=delay),
                     state=state, error_count=errors, last_error=reason,
                     last_status=fetched.status, last_checked_at=now)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,6 +81,14 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection in a transaction that commits on success: for a write of a
+        statement or two (a feed's release after a 304), where a Session's unit of work is
+        overhead paid per feed."""
+        with self.engine.begin() as connection:
+            yield connection
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; idempotent and safe to run concurrently."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy import Connection, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -111,7 +111,7 @@ def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: dat
             for f in feeds]
 
 
-def pause_host(session: Session, host: str, until: datetime) -> int:
+def pause_host(session: Session | Connection, host: str, until: datetime) -> int:
     """Push the next check of every feed on `host` to at least `until` (a Retry-After
     is about the server, not the one URL that got it). Returns how many feeds moved."""
     result = session.execute(
@@ -120,8 +120,8 @@ def pause_host(session: Session, host: str, until: datetime) -> int:
     return result.rowcount or 0
 
 
-def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: datetime,
-                 **changes: object) -> None:
+def release_feed(session: Session | Connection, feed_id: int, owner: str, *,
+                 next_check_at: datetime, **changes: object) -> None:
     """Record a refresh's outcome on the feed row and give up the lease."""
     session.execute(
         update(Feed).where(Feed.id == feed_id, Feed.lease_owner == owner)
@@ -129,17 +129,45 @@ def release_feed(session: Session, feed_id: int, owner: str, *, next_check_at: d
     )
 
 
-def _same_article(session: Session, candidate: Candidate, origin: str) -> Article | None:
+def _same_article(session: Session, candidate: Candidate, origin: str,
+                  linked: dict[str, Article]) -> Article | None:
     """The stored article this item is: the one at its canonical link, whichever feed has
     it; for an item without a link (a seed, a link-less feed entry), the one with the same
     text from the same origin. The same text at another link is a copy: a new article of
-    the same story."""
+    the same story. `linked` holds the articles at the refresh's canonical links, loaded
+    once up front (`_articles_at`) and kept up to date as the refresh stores more."""
     if candidate.canonical_link:
-        return session.scalar(
-            select(Article).where(Article.canonical_link == candidate.canonical_link))
+        return linked.get(candidate.canonical_link)
     return session.scalar(
         select(Article).where(Article.fingerprint == candidate.fingerprint,
                               Article.origin == origin).order_by(Article.id).limit(1))
+
+
+# Keeps each IN (...) list well under SQLite's limit on bound parameters.
+_CHUNK = 500
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    return (values[start:start + _CHUNK] for start in range(0, len(values), _CHUNK))
+
+
+def _carried_keys(session: Session, feed_id: int, keys: Sequence[str]) -> set[str]:
+    """Which of these entry keys the feed carried before (one query, not one per entry:
+    in a steady cycle most entries of a changed feed are old)."""
+    found: set[str] = set()
+    for chunk in _chunks(keys):
+        found.update(session.scalars(select(FeedEntry.entry_key).where(
+            FeedEntry.feed_id == feed_id, FeedEntry.entry_key.in_(chunk))))
+    return found
+
+
+def _articles_at(session: Session, links: Sequence[str]) -> dict[str, Article]:
+    """The stored articles at these canonical links, by link."""
+    found: dict[str, Article] = {}
+    for chunk in _chunks(links):
+        found.update((a.canonical_link, a) for a in session.scalars(
+            select(Article).where(Article.canonical_link.in_(chunk))))
+    return found
 
 
 def store_candidates(
@@ -163,14 +191,17 @@ def store_candidates(
     """
     result = StoreResult()
     locked = False
+    keys = list(dict.fromkeys(c.entry.key for c in candidates))
+    seen = _carried_keys(session, feed_id, keys) if feed_id is not None else set()
+    linked = _articles_at(session, list(dict.fromkeys(
+        c.canonical_link for c in candidates
+        if c.canonical_link and c.entry.key not in seen)))
     for candidate in candidates:
         entry = candidate.entry
-        if feed_id is not None and session.scalar(
-                select(FeedEntry.id).where(FeedEntry.feed_id == feed_id,
-                                           FeedEntry.entry_key == entry.key)) is not None:
+        if entry.key in seen:
             result.already_seen += 1
             continue
-        article = _same_article(session, candidate, origin)
+        article = _same_article(session, candidate, origin, linked)
         if article is None:
             if not locked:
                 _lock_stories(session)
@@ -181,7 +212,9 @@ def store_candidates(
                                               baseline, rules)
             except IntegrityError:
                 # Another process stored the same canonical link a moment ago.
-                article = _same_article(session, candidate, origin)
+                if candidate.canonical_link:
+                    linked.update(_articles_at(session, [candidate.canonical_link]))
+                article = _same_article(session, candidate, origin, linked)
                 if article is None:
                     raise
                 result.duplicates += 1
@@ -189,24 +222,27 @@ def store_candidates(
                 result.new_articles += 1
                 result.article_ids.append(article.id)
                 _queue_alerts(session, article, candidate, rules, channels_for, now, result)
+            if candidate.canonical_link:
+                linked[candidate.canonical_link] = article
         else:
             result.duplicates += 1
         if feed_id is not None:
             session.add(FeedEntry(feed_id=feed_id, entry_key=entry.key,
                                   article_id=article.id, first_seen=now))
+            seen.add(entry.key)
     session.flush()
-    if feed_id is not None and candidates:
-        touch_feed_entries(session, feed_id, [c.entry.key for c in candidates], now)
+    if feed_id is not None and keys:
+        touch_feed_entries(session, feed_id, keys, now)
     return result
 
 
 def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
                        now: datetime) -> None:
     """Mark the entries of a parsed document as still carried by the feed (retention)."""
-    for start in range(0, len(keys), 500):
+    for chunk in _chunks(keys):
         session.execute(update(FeedEntry)
                         .where(FeedEntry.feed_id == feed_id,
-                               FeedEntry.entry_key.in_(keys[start:start + 500]))
+                               FeedEntry.entry_key.in_(chunk))
                         .values(last_seen=now).execution_options(synchronize_session=False))
 
 
@@ -275,14 +311,13 @@ def find_similar_story(session: Session, sketch: Sketch, now: datetime,
     if not sketch.bands:
         return None
     keys = list(sketch.bands)
-    found = select(ArticleBand.article_id).where(ArticleBand.baseline.is_(True),
-                                                 ArticleBand.band.in_(keys))
-    first_recent = session.scalar(
-        select(Article.id).where(Article.fetched >= now - rules.window)
-        .order_by(Article.fetched).limit(1))
-    if first_recent is not None:
-        found = found.union(select(ArticleBand.article_id).where(
-            ArticleBand.band.in_(keys), ArticleBand.article_id >= first_recent))
+    # NULL when nothing is recent, and `article_id >= NULL` then selects nothing.
+    first_recent = (select(Article.id).where(Article.fetched >= now - rules.window)
+                    .order_by(Article.fetched).limit(1).scalar_subquery())
+    found = select(ArticleBand.article_id).where(
+        ArticleBand.baseline.is_(True), ArticleBand.band.in_(keys)
+    ).union(select(ArticleBand.article_id).where(
+        ArticleBand.band.in_(keys), ArticleBand.article_id >= first_recent))
     ids = list(session.scalars(found))
     if not ids:
         return None
@@ -319,11 +354,11 @@ def _queue_alerts(session: Session, article: Article, candidate: Candidate, rule
         alert = Alert(watch=match.watch, kind=kind, article_id=article.id,
                       story_id=article.story_id, matched=list(match.terms), created_at=now)
         session.add(alert)
-        session.flush()
         metrics.record_match(match.watch)
         result.alerts += 1
         for channel in channels_for(match.watch):
-            session.add(Delivery(alert_id=alert.id, channel=channel,
+            # Linked through the relationship: the unit of work fills in alert_id.
+            session.add(Delivery(alert=alert, channel=channel,
                                  message_id=new_message_id(), state="pending",
                                  next_attempt_at=now, created_at=now))
             result.deliveries += 1

@@ -32,6 +32,7 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any
 
@@ -415,6 +416,10 @@ def load_normalizer() -> None:
     _hazm()
 
 
+# A changed feed is parsed whole, so the lines of its entries stored at earlier fetches
+# come back every time, and copies of one story repeat lines across feeds; hazm is the
+# dearest step of parsing and a pure function of the line.
+@lru_cache(maxsize=4096)
 def tidy_persian(text: str) -> str:
     """hazm's normalization on the Persian stretches of a line, Latin runs left as they are."""
     normalizer = _hazm()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,7 +46,6 @@ class StoreResult:
     already_seen: int = 0
     alerts: int = 0
     deliveries: int = 0
-    article_ids: list[int] = field(default_factory=list)
 
 
 def new_message_id() -> str:
@@ -220,7 +219,6 @@ def store_candidates(
                 result.duplicates += 1
             else:
                 result.new_articles += 1
-                result.article_ids.append(article.id)
                 _queue_alerts(session, article, candidate, rules, channels_for, now, result)
             if candidate.canonical_link:
                 linked[candidate.canonical_link] = article

@@ -362,10 +362,6 @@ class Matcher:
         return automaton
 
     @property
-    def watch_names(self) -> list[str]:
-        return [w.config.name for w in self._watches]
-
-    @property
     def term_count(self) -> int:
         return len(self._terms)
 

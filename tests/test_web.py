@@ -108,7 +108,15 @@ def test_healthz_and_metrics_follow_the_daemon(
             assert await eventually(lambda: scraped(
                 "monitor_outbox_depth", 0, channel="hook", state="failed"))
             assert await eventually(lambda: feed_server.hits("/bad.xml") >= 2)
-            after = await scrape()
+
+            async def errors_counted() -> bool:
+                # The server answers a moment before the daemon records the failed fetch.
+                samples.append(await scrape())
+                return value(samples[-1], "monitor_fetches_total", result="error") > value(
+                    before, "monitor_fetches_total", result="error")
+
+            await eventually(errors_counted)
+            after = samples[-1]
 
             def grew(name: str, **labels: str) -> float:
                 return value(after, name, **labels) - value(before, name, **labels)

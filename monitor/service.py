@@ -160,10 +160,12 @@ class Monitor:
     @property
     def refresher(self) -> Refresher:
         if self._refresher is None:
+            if self._fetch_slots is None:
+                self._fetch_slots = asyncio.Semaphore(self.config.fetch.concurrency)
             self._refresher = Refresher(
                 self.db, self.fetcher, self.matcher, self.active_channels_for, self.owner,
                 self.story_rules, self.config.schedule,
-                patience=self.config.database.lease_seconds / 2)
+                patience=self.config.database.lease_seconds / 2, slots=self._fetch_slots)
         return self._refresher
 
     async def close(self) -> None:
@@ -191,21 +193,18 @@ class Monitor:
 
     async def refresh(self, feed: FeedState) -> RefreshOutcome:
         """Refresh one claimed feed; never raises."""
-        if self._fetch_slots is None:
-            self._fetch_slots = asyncio.Semaphore(self.config.fetch.concurrency)
-        async with self._fetch_slots:
-            try:
-                outcome = await self.refresher.refresh(feed, self._intervals[feed.name])
-            except Exception as exc:
-                # A bug or a database hiccup in one feed must not stop the others; the
-                # lease expires and the feed is tried again.
-                if is_database_error(exc):
-                    log.warning("feed %s: could not record the refresh, database "
-                                "unavailable (%s); retried when its lease expires",
-                                feed.name, short_error(exc))
-                else:
-                    log.exception("feed %s: refresh failed unexpectedly", feed.name)
-                outcome = RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+        try:
+            outcome = await self.refresher.refresh(feed, self._intervals[feed.name])
+        except Exception as exc:
+            # A bug or a database hiccup in one feed must not stop the others; the
+            # lease expires and the feed is tried again.
+            if is_database_error(exc):
+                log.warning("feed %s: could not record the refresh, database "
+                            "unavailable (%s); retried when its lease expires",
+                            feed.name, short_error(exc))
+            else:
+                log.exception("feed %s: refresh failed unexpectedly", feed.name)
+            outcome = RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
         metrics.record_refresh(outcome)
         return outcome
 

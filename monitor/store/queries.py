@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, insert, or_, select, text, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -409,3 +409,33 @@ def recent_stories(session: Session, limit: int) -> list[StoryView]:
         views.append(StoryView(story.id, story.title, story.baseline, story.created_at,
                                story.updated_at, story_sources(session, story.id), articles))
     return views
+
+
+@dataclass(frozen=True)
+class Release:
+    """One refresh's outcome for its feed row, to be written with others (`release_feeds`)."""
+
+    feed_id: int
+    changes: dict[str, object]  # column values; next_check_at among them
+
+
+def release_feeds(connection: Connection, owner: str, releases: Sequence[Release]) -> None:
+    """`release_feed` for many feeds in one statement per set of changed columns (a cycle's
+    304s all change the same ones, so that is usually one executemany).
+
+    Rows are updated in id order, the order every process uses, so two daemons whose
+    batches overlap (a lease that expired and was taken over) wait for each other instead
+    of deadlocking.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for release in sorted(releases, key=lambda r: r.feed_id):
+        columns = tuple(sorted(release.changes))
+        groups.setdefault(columns, []).append(
+            {"_feed_id": release.feed_id, **{f"_{c}": v for c, v in release.changes.items()}})
+    for columns, rows in groups.items():
+        statement = (
+            update(Feed)
+            .where(Feed.id == bindparam("_feed_id"), Feed.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None,
+                    **{c: bindparam(f"_{c}") for c in columns}))
+        connection.execute(statement, rows)

@@ -22,9 +22,11 @@ from monitor.parse import NotAFeed, ParsedFeed, parse_feed
 from monitor.store.database import Database
 from monitor.store.queries import (
     FeedState,
+    Release,
     StoreResult,
     pause_host,
     release_feed,
+    release_feeds,
     store_candidates,
     url_host,
 )
@@ -85,11 +87,67 @@ def planned_interval(interval: float, schedule: ScheduleConfig, hints: Sequence[
     return chosen
 
 
+class ReleaseBatcher:
+    """Writes the feed-row outcomes of refreshes that store nothing (304, unchanged body,
+    deferred) together: one transaction and one thread hop for many feeds.
+
+    In a steady cycle nine feeds in ten answer 304, and a transaction per feed was half of
+    their cost. This is group commit: an outcome is written at once if no batch is being
+    written, else with the others that arrive meanwhile, in the next batch. So a batch grows
+    only while the database is busy, and no outcome waits for a timer. `release` returns
+    once its row is written: a refresh still ends with its outcome recorded (the daemon's
+    shutdown waits for it) and a failed write is that refresh's error, as before.
+    """
+
+    def __init__(self, db: Database, owner: str, limit: int = 500) -> None:
+        self.db = db
+        self.owner = owner
+        self.limit = limit
+        self._pending: list[tuple[Release, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def release(self, release: Release) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((release, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches())
+        await done
+
+    async def _write_batches(self) -> None:
+        batch: list[tuple[Release, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
+                await self._write(batch)
+        finally:
+            self._writer = None
+            # Only unresolved when cancelled (the loop is closing): nothing will write these.
+            for _, done in [*batch, *self._pending]:
+                if not done.done():
+                    done.cancel()
+            self._pending.clear()
+
+    async def _write(self, batch: list[tuple[Release, asyncio.Future[None]]]) -> None:
+        def write() -> None:
+            with self.db.transaction() as connection:
+                release_feeds(connection, self.owner, [release for release, _ in batch])
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:  # each refresh in the batch reports it as its own
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+        else:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+
 class Refresher:
     def __init__(self, db: Database, fetcher: Fetcher, matcher: Matcher,
                  channels_for: Callable[[str], Sequence[str]], owner: str,
                  rules: StoryRules = DEFAULT_RULES, schedule: ScheduleConfig | None = None,
-                 patience: float = 60.0) -> None:
+                 patience: float = 60.0, slots: asyncio.Semaphore | None = None) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
@@ -102,12 +160,25 @@ class Refresher:
         # How long a claimed feed may wait for its host; kept well inside the lease so that
         # no other daemon takes the feed over while it waits.
         self.patience = patience
+        # Feeds fetched, parsed and stored at once (`fetch.concurrency`); the caller may
+        # share one semaphore between successive Refreshers.
+        self.slots = slots or asyncio.Semaphore(fetcher.config.concurrency)
+        self.releases = ReleaseBatcher(db, owner)
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
+        async with self.slots:
+            outcome, release = await self._refresh(feed, interval)
+        if release is not None:
+            # Outside the slot: while the batch fills, the next feeds are already fetched.
+            await self.releases.release(release)
+        return outcome
+
+    async def _refresh(self, feed: FeedState, interval: float
+                       ) -> tuple[RefreshOutcome, Release | None]:
+        """The refresh, up to a feed-row write that is left to the batch (`Release`)."""
         wait = await self.hosts.enter(feed.host, self.patience)
         if wait is not None:
-            await self._defer(feed, wait)
-            return RefreshOutcome(feed.name, "deferred")
+            return RefreshOutcome(feed.name, "deferred"), self._deferred(feed, wait)
         try:
             fetched = await self.fetcher.fetch(
                 feed.url, Validators(feed.etag, feed.last_modified))
@@ -115,16 +186,16 @@ class Refresher:
             self.hosts.leave(feed.host)
         now = datetime.now(UTC)
         if fetched.error is not None:
-            return await self._failed(feed, interval, fetched, fetched.error, now)
+            return await self._failed(feed, interval, fetched, fetched.error, now), None
         if fetched.not_modified or fetched.body_hash == feed.body_hash:
             # A server that ignores validators but sends the same bytes costs a hash, no parse.
-            await self._record(feed, interval, fetched, now)
-            return RefreshOutcome(feed.name, "not_modified" if fetched.not_modified
-                                  else "unchanged", elapsed=fetched.elapsed)
+            return (RefreshOutcome(feed.name, "not_modified" if fetched.not_modified
+                                   else "unchanged", elapsed=fetched.elapsed),
+                    self._unchanged(feed, interval, fetched, now))
         try:
             parsed, candidates = await asyncio.to_thread(self._parse_and_prepare, feed, fetched)
         except NotAFeed as exc:
-            return await self._failed(feed, interval, fetched, f"not a feed: {exc}", now)
+            return await self._failed(feed, interval, fetched, f"not a feed: {exc}", now), None
         stored = await asyncio.to_thread(self._store, feed, interval, fetched, parsed,
                                          candidates, now)
         if parsed.problem:
@@ -135,7 +206,7 @@ class Refresher:
                      stored.new_articles, stored.duplicates, stored.alerts)
         return RefreshOutcome(feed.name, "stored", entries=len(candidates),
                               new_articles=stored.new_articles, duplicates=stored.duplicates,
-                              alerts=stored.alerts, elapsed=fetched.elapsed)
+                              alerts=stored.alerts, elapsed=fetched.elapsed), None
 
     def _parse_and_prepare(self, feed: FeedState,
                            fetched: Fetched) -> tuple[ParsedFeed, list[Candidate]]:
@@ -175,25 +246,17 @@ class Refresher:
             changes["host"] = url_host(fetched.permanent_redirect)
         return changes
 
-    async def _record(self, feed: FeedState, interval: float, fetched: Fetched,
-                      now: datetime) -> None:
+    def _unchanged(self, feed: FeedState, interval: float, fetched: Fetched,
+                   now: datetime) -> Release:
         # Nothing new was parsed, so the interval chosen at the last full fetch still holds.
         planned = planned_interval(feed.check_interval or interval, self.schedule,
                                    [fetched.max_age])
+        return Release(feed.id, self._success_changes(feed, planned, fetched, now))
 
-        def write() -> None:
-            with self.db.transaction() as connection:
-                release_feed(connection, feed.id, self.owner,
-                             **self._success_changes(feed, planned, fetched, now))
-        await asyncio.to_thread(write)
-
-    async def _defer(self, feed: FeedState, wait: float) -> None:
+    @staticmethod
+    def _deferred(feed: FeedState, wait: float) -> Release:
         """Give the feed back unfetched: its host is busy or asked for a pause."""
-        def write() -> None:
-            with self.db.transaction() as connection:
-                release_feed(connection, feed.id, self.owner,
-                             next_check_at=datetime.now(UTC) + timedelta(seconds=wait))
-        await asyncio.to_thread(write)
+        return Release(feed.id, {"next_check_at": datetime.now(UTC) + timedelta(seconds=wait)})
 
     async def _failed(self, feed: FeedState, interval: float, fetched: Fetched, reason: str,
                       now: datetime) -> RefreshOutcome:

@@ -201,8 +201,11 @@ def test_misbehaving_feeds_are_recorded_and_do_not_hurt_the_good_one(
     with monitor.db.session() as session:
         rows = {f.name: f for f in session.scalars(select(Feed))}
 
-    assert outcomes["good"].result == "stored" and outcomes["good"].new_articles == 1
+    assert outcomes["good"].result == "stored"
     assert outcomes["hops5"].result == "stored"  # five redirects are allowed
+    # Both end at the same document: whichever is stored first has the new article.
+    assert sorted((outcomes[n].new_articles, outcomes[n].duplicates)
+                  for n in ("good", "hops5")) == [(0, 1), (1, 0)]
     expected: dict[str, str | tuple[str, ...]] = {
         "silent": "read timeout",
         "trickle": "total timeout after 5 s",

@@ -9,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
 from monitor.config import load_config, load_secrets
-from monitor.refresh import RefreshOutcome
+from monitor.refresh import RefreshOutcome, ReleaseBatcher
 from monitor.service import Monitor
+from monitor.store.database import Database
 from monitor.store.models import Article, Feed
+from monitor.store.queries import Release
 from tests.conftest import write_config
 from tests.servers import FeedServer, Route, rss
 
@@ -170,3 +173,52 @@ def test_retry_after_defers_feeds_already_claimed(tmp_path: Path, db_url: str,
         assert results == ["error", "stored"]
         assert until_next_check(feed_row(monitor, "b")) > 290
     assert until_next_check(feed_row(monitor, "a")) > 290
+
+
+def test_feed_rows_of_a_batch_are_written_in_one_transaction_within_their_leases(
+        tmp_path: Path, db_url: str) -> None:
+    """The 304s of a cycle are recorded together (`ReleaseBatcher`), and only on rows this
+    process still leases: a feed another daemon took over keeps that daemon's state."""
+    names = [f"f{i}" for i in range(6)]
+    monitor = make_monitor(tmp_path, db_url, {n: f"http://127.0.0.1:9/{n}" for n in names})
+    claimed = asyncio.run(monitor.claim_feeds(10, due_only=False))
+    assert sorted(f.name for f in claimed) == names
+    with monitor.db.session() as session:
+        session.execute(update(Feed).where(Feed.name == "f3").values(lease_owner="other:1"))
+    checked = datetime.now(UTC).replace(microsecond=0)
+    transactions = []
+    event.listen(monitor.db.engine, "begin", transactions.append)
+    batcher = ReleaseBatcher(monitor.db, monitor.owner)
+
+    async def release_all() -> None:
+        await asyncio.gather(*(batcher.release(Release(f.id, {
+            "next_check_at": checked + timedelta(seconds=60 + f.id), "last_status": 304,
+            "state": "ok", "last_checked_at": checked, "etag": f'"{f.name}"'}))
+            for f in claimed))
+
+    asyncio.run(release_all())
+    assert len(transactions) == 1
+    for name in names:
+        row = feed_row(monitor, name)
+        if name == "f3":
+            assert (row.lease_owner, row.last_status, row.etag) == ("other:1", None, None)
+            continue
+        assert (row.lease_owner, row.lease_until, row.last_status, row.etag) == (
+            None, None, 304, f'"{name}"')
+        assert row.last_checked_at.replace(tzinfo=UTC) == checked
+        assert row.next_check_at.replace(tzinfo=UTC) == checked + timedelta(
+            seconds=60 + row.id)
+
+
+def test_a_failed_batch_write_is_the_error_of_every_refresh_in_it(tmp_path: Path) -> None:
+    broken = tmp_path / "a-directory"
+    broken.mkdir()
+    batcher = ReleaseBatcher(Database(f"sqlite:///{broken}"), "me:1")
+
+    async def release_two() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(batcher.release(Release(i, {"next_check_at": datetime.now(UTC)}))
+              for i in (1, 2)), return_exceptions=True)
+
+    errors = asyncio.run(release_two())
+    assert [type(e) for e in errors] == [OperationalError, OperationalError]

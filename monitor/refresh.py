@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,6 +161,8 @@ class Refresher:
         # How long a claimed feed may wait for its host; kept well inside the lease so that
         # no other daemon takes the feed over while it waits.
         self.patience = patience
+        # The least lease a fetch may start with: its whole timeout, within reason.
+        self._fetch_margin = min(fetcher.config.total_timeout, patience)
         # Feeds fetched, parsed and stored at once (`fetch.concurrency`); the caller may
         # share one semaphore between successive Refreshers.
         self.slots = slots or asyncio.Semaphore(fetcher.config.concurrency)
@@ -179,6 +182,14 @@ class Refresher:
         wait = await self.hosts.enter(feed.host, self.patience)
         if wait is not None:
             return RefreshOutcome(feed.name, "deferred"), self._deferred(feed, wait)
+        if time.monotonic() > feed.lease_deadline - self._fetch_margin:
+            # On an overloaded machine the feed waited most of its lease for a slot: fetched
+            # now, it could still be running when another daemon takes the lease over and
+            # fetches it again. Given back unfetched, it is claimed afresh at the next tick.
+            self.hosts.leave(feed.host)
+            log.info("feed %s: waited until its lease was nearly spent; given back unfetched",
+                     feed.name)
+            return RefreshOutcome(feed.name, "deferred"), self._deferred(feed, 0)
         try:
             fetched = await self.fetcher.fetch(
                 feed.url, Validators(feed.etag, feed.last_modified))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -222,3 +224,31 @@ def test_a_failed_batch_write_is_the_error_of_every_refresh_in_it(tmp_path: Path
 
     errors = asyncio.run(release_two())
     assert [type(e) for e in errors] == [OperationalError, OperationalError]
+
+
+def test_a_feed_whose_lease_was_spent_waiting_is_given_back_unfetched(
+        tmp_path: Path, db_url: str, feed_server: FeedServer) -> None:
+    """On an overloaded machine a claimed feed can wait for a slot until its lease is
+    nearly gone; fetched then, another daemon could take the lease over mid-fetch and fetch
+    it again. It is released, due as before, and fetched by the next claim instead."""
+    url = feed_server.set_feed("/f", rss([{"title": "one", "guid": "1"}]))
+    monitor = make_monitor(tmp_path, db_url, {"f": url}, database={"url": db_url,
+                                                                   "lease_seconds": 20})
+
+    async def run() -> tuple[RefreshOutcome, RefreshOutcome]:
+        try:
+            [claimed] = await monitor.claim_feeds(10, due_only=False)
+            assert claimed.lease_deadline < float("inf")
+            late = replace(claimed, lease_deadline=time.monotonic() + 5)  # < fetch timeout
+            given_back = await monitor.refresh(late)
+            [again] = await monitor.claim_feeds(10)  # no lease held, still due
+            return given_back, await monitor.refresh(again)
+        finally:
+            await monitor.close()
+
+    given_back, fetched = asyncio.run(run())
+    assert given_back.result == "deferred"
+    assert fetched.result == "stored" and fetched.new_articles == 1
+    assert feed_server.hits("/f") == 1
+    row = feed_row(monitor, "f")
+    assert (row.lease_owner, row.lease_until) == (None, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ class FeedState:
     error_count: int
     host: str = ""
     check_interval: float | None = None  # chosen at the last full fetch; None = configured
+    # When the lease runs out, on this process's monotonic clock: a refresh that has waited
+    # (for a slot, a host) too close to it must not fetch, as another daemon may take over.
+    lease_deadline: float = math.inf
 
 
 @dataclass
@@ -106,8 +111,10 @@ def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: dat
     )
     if due_only:
         query = query.where(Feed.next_check_at <= now)
+    # Read before the claim, so it is never later than the lease written below.
+    deadline = time.monotonic() + lease.total_seconds()
     feeds = [FeedState(r.id, r.name, r.url, r.etag, r.last_modified, r.body_hash,
-                       r.error_count, r.host or url_host(r.url), r.check_interval)
+                       r.error_count, r.host or url_host(r.url), r.check_interval, deadline)
              for r in session.execute(query)]
     ids = [f.id for f in feeds]
     for start in range(0, len(ids), _CHUNK):

@@ -123,7 +123,8 @@ def test_three_daemons_share_feeds_and_alerts_and_survive_a_sigkill(
         time.sleep(1.5)  # any duplicate would arrive now
         ended = time.time()
     finally:
-        codes = [stop(d) for d in daemons[1:]]
+        # All three: a failure before the SIGKILL must not leave the first one running.
+        codes = [stop(d) for d in daemons][1:]
     assert codes == [0, 0]
 
     posts = webhook_receiver.posts

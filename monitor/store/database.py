@@ -98,6 +98,10 @@ class WriterQueue:
         # (-priority, arrival, gate, thread): the heap's first entry goes next.
         self._waiting: list[tuple[int, int, threading.Lock, int]] = []
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
     @contextmanager
     def turn(self, priority: Priority) -> Iterator[None]:
         me = threading.get_ident()

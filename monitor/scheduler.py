@@ -275,13 +275,16 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        # Most jobs in the thread pool are database writes waiting for their turn at
-        # SQLite's single writer (every 304 is one). With asyncio's default of cpu + 4
-        # threads, a parse or a store of new articles waited for a thread behind them: one
-        # thread per refresh that may be in flight, plus a few for health and pruning.
-        loop.set_default_executor(ThreadPoolExecutor(
-            max_workers=self.monitor.config.fetch.concurrency + 4,
-            thread_name_prefix="monitor"))
+        if self.monitor.db.dialect == "sqlite":
+            # Most jobs in the thread pool are then writes waiting for their turn at the
+            # single writer (every 304 is one). With asyncio's default of cpu + 4 threads, a
+            # parse or a store of new articles waited for a thread behind them: one thread
+            # per refresh that may be in flight, plus a few for health and pruning. (On
+            # PostgreSQL writes run side by side, and more threads would only ask the
+            # connection pool, and the server, for more connections.)
+            loop.set_default_executor(ThreadPoolExecutor(
+                max_workers=self.monitor.config.fetch.concurrency + 4,
+                thread_name_prefix="monitor"))
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL))
         await self._start_endpoint()

@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -48,11 +47,6 @@ log = logging.getLogger(__name__)
 # Sections a reload cannot apply to a running process; a change to them is reported.
 RESTART_SECTIONS = ("database", "http", "scheduler", "seed")
 HEALTH_DB_TIMEOUT = 5.0
-# How long a thread may keep the GIL while another waits; Python's default is 5 ms. A
-# refresh parses in worker threads (pure Python, CPU-bound) while the event loop and the
-# thread holding SQLite's writer come back for the GIL after every socket read and SQL
-# statement: each of those returns waited up to 5 ms, many times per store.
-GIL_SWITCH_INTERVAL = 0.001
 FIRST_PRUNE_AFTER = 300.0
 
 
@@ -285,8 +279,6 @@ class Daemon:
             loop.set_default_executor(ThreadPoolExecutor(
                 max_workers=self.monitor.config.fetch.concurrency + 4,
                 thread_name_prefix="monitor"))
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL))
         await self._start_endpoint()
         pid_file = self._write_pid_file()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -321,7 +313,6 @@ class Daemon:
             if self.endpoint is not None:
                 await self.endpoint.close()
             self._remove_pid_file(pid_file)
-            sys.setswitchinterval(switch_interval)
         log.info("monitor stopped")
 
     async def _drain(self, delivery: asyncio.Task) -> None:

@@ -19,6 +19,7 @@ import random
 import signal
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,16 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.monitor.db.dialect == "sqlite":
+            # Most jobs in the thread pool are then writes waiting for their turn at the
+            # single writer (every 304 is one). With asyncio's default of cpu + 4 threads, a
+            # parse or a store of new articles waited for a thread behind them: one thread
+            # per refresh that may be in flight, plus a few for health and pruning. (On
+            # PostgreSQL writes run side by side, and more threads would only ask the
+            # connection pool, and the server, for more connections.)
+            loop.set_default_executor(ThreadPoolExecutor(
+                max_workers=self.monitor.config.fetch.concurrency + 4,
+                thread_name_prefix="monitor"))
         await self._start_endpoint()
         pid_file = self._write_pid_file()
         for sig in (signal.SIGINT, signal.SIGTERM):

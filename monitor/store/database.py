@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,66 @@ def make_engine(url: str) -> Engine:
                         "use sqlite:/// or postgresql+psycopg://")
 
 
+class Priority(IntEnum):
+    """Which transaction writes first when several threads of a process wait for SQLite."""
+
+    ROUTINE = 0  # bookkeeping: a feed's release after a 304, a deferral, an error
+    NORMAL = 1  # new articles and their alerts, claims, everything else
+    DELIVERY = 2  # claiming and recording alerts that are already queued
+
+
+class WriterQueue:
+    """This process's queue for SQLite's single write lock (every transaction takes it with
+    BEGIN IMMEDIATE).
+
+    Without it, threads wait inside SQLite's busy handler, which polls with sleeps growing
+    to 100 ms: the lock sits free while the waiters sleep, and whoever wakes first wins.
+    Here the lock is handed straight to the next waiter: the highest priority first, then
+    the longest waiting. So an alert is not stuck behind the dozens of routine writes a
+    second of a daemon (one per 304), and an alert already queued goes out before the
+    next article is stored. Other processes still meet busy_timeout. Re-entrant for the
+    holding thread, so a nested transaction behaves as it did without the queue.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._holder: int | None = None  # thread ident
+        self._depth = 0
+        self._order = itertools.count()
+        # (-priority, arrival, gate, thread): the heap's first entry goes next.
+        self._waiting: list[tuple[int, int, threading.Lock, int]] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextmanager
+    def turn(self, priority: Priority) -> Iterator[None]:
+        me = threading.get_ident()
+        gate: threading.Lock | None = None
+        with self._guard:
+            if self._holder is None:
+                self._holder = me
+            elif self._holder != me:
+                gate = threading.Lock()
+                gate.acquire()
+                heapq.heappush(self._waiting, (-priority, next(self._order), gate, me))
+        if gate is not None:
+            gate.acquire()  # released by the holder that hands the lock over
+        self._depth += 1  # only the holder touches it
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                with self._guard:
+                    if self._waiting:
+                        _, _, gate, self._holder = heapq.heappop(self._waiting)
+                        gate.release()
+                    else:
+                        self._holder = None
+
+
 class Database:
     """An engine plus a session factory; sessions are used from worker threads."""
 
@@ -71,23 +136,29 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL has row locks and needs no queue.
+        self._writers = WriterQueue() if self.dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def _turn(self, priority: Priority) -> contextlib.AbstractContextManager[None]:
+        return self._writers.turn(priority) if self._writers else contextlib.nullcontext()
+
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
+    def session(self, priority: Priority = Priority.NORMAL) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error;
+        `priority` orders it among this process's threads waiting for SQLite's writer."""
+        with self._turn(priority), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A Core connection in a transaction that commits on success: for a write of a
-        statement or two (a feed's release after a 304), where a Session's unit of work is
-        overhead paid per feed."""
-        with self.engine.begin() as connection:
+        """A Core connection in a transaction that commits on success: for a routine write of
+        a statement or two (a feed's release after a 304), where a Session's unit of work is
+        overhead paid per feed. On SQLite it lets waiting sessions write first."""
+        with self._turn(Priority.ROUTINE), self.engine.begin() as connection:
             yield connection
 
     def migrate(self) -> None:

@@ -393,20 +393,17 @@ _normalizer_lock = threading.Lock()
 
 
 def _hazm() -> Any:
-    """hazm's Normalizer, imported on first use only: the import costs ~300 MB and ~2 s."""
+    """hazm's Normalizer (`monitor.text.persian`), imported on first use only: the import
+    costs ~140 MB and ~2 s."""
     global _normalizer
     if _normalizer is None:
         with _normalizer_lock:
             if _normalizer is None:
                 # hazm imports gensim, which logs a demo corpus at INFO on import.
                 logging.getLogger("gensim").setLevel(logging.WARNING)
-                from hazm import Normalizer
+                from monitor.text.persian import PersianNormalizer
 
-                # Off: what would change the publisher's wording (quotes, digits, emoji,
-                # repeated letters). On: letter forms, affix ZWNJs, kashida and spacing.
-                _normalizer = Normalizer(correct_spacing=True, persian_style=False,
-                                         persian_numbers=False, remove_specials_chars=False,
-                                         decrease_repeated_chars=False)
+                _normalizer = PersianNormalizer()
     return _normalizer
 
 

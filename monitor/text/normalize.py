@@ -234,9 +234,7 @@ class FieldKey:
 
     @classmethod
     def of(cls, text: str | None) -> FieldKey:
-        text = text or ""
-        source = _mask_markup(text) if has_markup(text) else text
-        return cls(text, _key(source, _FOLD), source)
+        return _field_key(text or "")
 
     @_cached
     def _pieces(self) -> list[str]:
@@ -314,6 +312,14 @@ class FieldKey:
         return self._text_position(start), self._text_position(end - 1) + 1
 
 
+# An item's title and body are keyed for matching and then again for its fingerprint
+# (`monitor.identity`), a few calls apart: the last few fields are kept.
+@lru_cache(maxsize=64)
+def _field_key(text: str) -> FieldKey:
+    source = _mask_markup(text) if has_markup(text) else text
+    return FieldKey(text, _key(source, _FOLD), source)
+
+
 @dataclass(frozen=True)
 class ItemKey:
     """The match keys of an item's fields, computed once at ingest."""
@@ -345,6 +351,9 @@ _FA_WORDS = frozenset(("در", "به", "از", "که", "این", "را", "با",
                        "کرد", "می", "تا", "هم", "بر", "خود", "نیز", "آن", "یک", "شده", "کند"))
 _AR_WORDS = frozenset(("فی", "من", "علی", "الی", "عن", "التی", "الذی", "هذا", "هذه", "ان",
                        "مع", "قد", "کان", "لم", "ما", "بین", "ذلک", "حیث"))
+# Letters counted as what is left when everything else is removed (no list of strings).
+_NOT_ARABIC_SCRIPT = re.compile(f"[^{_ARABIC_LETTER}]+")
+_NOT_LATIN = re.compile("[^A-Za-z\u00c0-\u024f]+")
 _FR_HINTS = re.compile(r"[éèêàçôùâîûëï]|\b(?:le|la|les|des|du|de|et|pour|une|un|dans|sur|au|"
                        r"aux|est|avec|l|d|qu)\b")
 _EN_HINTS = re.compile(r"\b(?:the|of|and|to|in|for|on|with|is|by|at|from|a|an|as|its)\b")
@@ -357,8 +366,8 @@ def detect_language(text: str) -> str | None:
     words decide, not its letter forms.
     """
     sample = text[:3000]
-    arabic_script = len(re.findall(f"[{_ARABIC_LETTER}]", sample))
-    latin = len(re.findall(r"[A-Za-z\u00c0-\u024f]", sample))
+    arabic_script = len(_NOT_ARABIC_SCRIPT.sub("", sample))
+    latin = len(_NOT_LATIN.sub("", sample))
     if arabic_script == 0 and latin == 0:
         return None
     if arabic_script >= latin:

@@ -24,6 +24,7 @@ corpus against a plain `hazm.Normalizer`).
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,6 +105,8 @@ class PersianNormalizer(Normalizer):
         self._seperate_mi = True
         self.verbs = HashSet(form for form in verb_forms() if ZWNJ in form)
         self._translations = maketrans(self.translation_src, self.translation_dst)
+        # Any of the ligatures `unicodes_replacement` spells out (﷽ ﷲ ﻻ ...).
+        self._ligature = re.compile("|".join(old for old, _ in self.replacements))
 
     def normalize(self, text: str) -> str:
         """hazm's `normalize` for `SETTINGS`, steps in hazm's order; the character table is
@@ -113,6 +116,10 @@ class PersianNormalizer(Normalizer):
         text = self.correct_spacing(text)
         text = self.unicodes_replacement(text)
         return self.seperate_mi(text)
+
+    def unicodes_replacement(self, text: str) -> str:
+        """hazm's, skipped where none of its eleven patterns can match (nearly always)."""
+        return super().unicodes_replacement(text) if self._ligature.search(text) else text
 
     def token_spacing(self, tokens: list[str]) -> list[str]:
         """hazm's `token_spacing` on the compact lexicons: a token joins the one before it

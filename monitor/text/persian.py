@@ -27,12 +27,14 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
 from hazm import Conjugation, Normalizer, default_verbs
 from hazm.utils import maketrans
 
 ZWNJ = "\u200c"
+_MI = ("می" + ZWNJ, "نمی" + ZWNJ)
 
 # The settings of the display text. Off: what would change the publisher's wording
 # (quotes, digits, emoji, repeated letters). On: letter forms, diacritics, affix ZWNJs,
@@ -98,12 +100,15 @@ class PersianNormalizer(Normalizer):
         super().__init__(**{**SETTINGS, "seperate_mi": False})
         words = self.words
         self.words = HashSet(words)
-        self._joinable_words = HashSet(
-            word for word, (count, _) in words.items() if count > 0 and ZWNJ in word)
+        # What `token_spacing` joins two tokens into: a verb form or a corpus word.
+        self._joinable = HashSet(chain(
+            (form for form in verb_forms() if ZWNJ in form),
+            (word for word, (count, _) in words.items() if count > 0 and ZWNJ in word)))
         self.tokenizer.words = self.words  # not read by tokenize(); drops the last reference
         del words
+        # What `seperate_mi` asks about: «می‌» or «نمی‌» and the rest of a verb.
         self._seperate_mi = True
-        self.verbs = HashSet(form for form in verb_forms() if ZWNJ in form)
+        self.verbs = HashSet(form for form in verb_forms() if form.startswith(_MI))
         self._translations = maketrans(self.translation_src, self.translation_dst)
         # Any of the ligatures `unicodes_replacement` spells out (﷽ ﷲ ﻻ ...).
         self._ligature = re.compile("|".join(old for old, _ in self.replacements))
@@ -131,8 +136,8 @@ class PersianNormalizer(Normalizer):
         for token in tokens:
             if result:
                 pair = result[-1] + ZWNJ + token
-                if (pair in self.verbs or pair in self._joinable_words
-                        or (token in self.suffixes and result[-1] in self.words)):
+                if pair in self._joinable or (token in self.suffixes
+                                              and result[-1] in self.words):
                     result[-1] = pair
                     continue
             result.append(token)

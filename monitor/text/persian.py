@@ -54,16 +54,21 @@ class HashSet:
     or two slots. -1 marks an empty slot, as `hash` never returns -1."""
 
     def __init__(self, strings: Iterable[str]) -> None:
-        hashes = set(map(hash, strings))
+        # The hashes go through an array, not a set of ints: building leaves no scattered
+        # small objects behind to keep the allocator's memory from the system.
+        hashes = array("q", map(hash, strings))
         size = 1 << (2 * len(hashes)).bit_length()
         self._mask = mask = size - 1
         self._slots = slots = array("q", [-1]) * size
+        self._length = 0
         for value in hashes:
             i = value & mask
-            while slots[i] != -1:
+            while (stored := slots[i]) != value:
+                if stored == -1:
+                    slots[i] = value
+                    self._length += 1
+                    break
                 i = (i + 1) & mask
-            slots[i] = value
-        self._length = len(hashes)
 
     def __contains__(self, text: object) -> bool:
         value = hash(text)

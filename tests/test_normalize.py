@@ -196,6 +196,7 @@ def test_persian_normalizer_is_hazms_normalizer() -> None:
     from monitor.text.persian import SETTINGS, PersianNormalizer
 
     ours, hazms = PersianNormalizer(), Normalizer(**SETTINGS)
+    assert ours.tokenizer.words == {}  # hazm's dict of words was never built
     cases = json.loads((shared_testdata("normalization") / "hazm" / "normalizer_cases.json")
                        .read_text(encoding="utf-8"))
     virastar = json.loads((shared_testdata("normalization") / "virastar" /
@@ -207,11 +208,14 @@ def test_persian_normalizer_is_hazms_normalizer() -> None:
     assert differ == []
 
 
-def test_verb_forms_are_the_lemmatizers() -> None:
-    from hazm import Lemmatizer
+def test_lexicons_are_hazms() -> None:
+    """The words and verb forms read into the compact tables are the ones hazm loads."""
+    from hazm import Lemmatizer, WordTokenizer
 
-    from monitor.text.persian import verb_forms
+    from monitor.text.persian import lexicon_words, verb_forms
 
+    hazm_words = {word: count for word, (count, _) in WordTokenizer().words.items()}
+    assert dict(lexicon_words()) == hazm_words
     assert set(verb_forms()) == set(Lemmatizer(joined_verb_parts=False).verbs)
 
 

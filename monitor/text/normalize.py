@@ -188,6 +188,14 @@ def _key(text: str, table: _FoldTable) -> str:
     return " ".join(text.translate(table).split())
 
 
+# An item's title and body are keyed for matching and then again for its fingerprint
+# (`monitor.identity`), a few calls apart: the last few keys are kept (few, as a content
+# field may be 200,000 characters).
+@lru_cache(maxsize=8)
+def _folded(source: str) -> str:
+    return _key(source, _FOLD)
+
+
 def match_key(text: str | None) -> str:
     """The folded form of a text, words separated by single spaces; never shown."""
     return FieldKey.of(text).key if text else ""
@@ -234,7 +242,9 @@ class FieldKey:
 
     @classmethod
     def of(cls, text: str | None) -> FieldKey:
-        return _field_key(text or "")
+        text = text or ""
+        source = _mask_markup(text) if has_markup(text) else text
+        return cls(text, _folded(source), source)
 
     @_cached
     def _pieces(self) -> list[str]:
@@ -310,14 +320,6 @@ class FieldKey:
             start += bisect_right(self._joints, start)
             end = end - 1 + bisect_right(self._joints, end - 1) + 1
         return self._text_position(start), self._text_position(end - 1) + 1
-
-
-# An item's title and body are keyed for matching and then again for its fingerprint
-# (`monitor.identity`), a few calls apart: the last few fields are kept.
-@lru_cache(maxsize=64)
-def _field_key(text: str) -> FieldKey:
-    source = _mask_markup(text) if has_markup(text) else text
-    return FieldKey(text, _key(source, _FOLD), source)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,79 @@ def test_tidy_persian_keeps_the_spaces_around_latin_runs() -> None:
     assert tidy_persian("سازمان همكاري (OIC)") == "سازمان همکاری (OIC)"
 
 
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("همکاری های دو کشور", "همکاری‌های دو کشور"),  # plural suffix joins with a ZWNJ
+    ("سازمان همكاري هاي اسلامي", "سازمان همکاری‌های اسلامی"),  # cp1256 letters too
+    ("کشور های عضو", "کشور‌های عضو"),
+    ("کشورهای عضو", "کشورهای عضو"),  # written joined: left joined
+    ("همکاری‌های دو کشور", "همکاری‌های دو کشور"),  # already right: unchanged
+    ("این کار انجام می شود", "این کار انجام می‌شود"),  # «می» prefix
+    ("این کار انجام میشود", "این کار انجام می‌شود"),  # «می» stuck to a verb: split
+    ("نمیدانم چه میگفت", "نمی‌دانم چه می‌گفت"),
+    ("نمی توان گفت", "نمی‌توان گفت"),
+    ("میز بزرگ", "میز بزرگ"),  # «میز» is no verb
+    ("زمین لرزه ای به بزرگی", "زمین‌لرزه‌ای به بزرگی"),  # a compound of the lexicon
+    ("بزرگ ترین کشور ها", "بزرگ‌ترین کشور‌ها"),
+    ("شنبهها تعطیل است", "شنبه‌ها تعطیل است"),
+    ("او رفته ام", "او رفته‌ام"),
+    ("سلام‌‌ دنیـــا", "سلام دنیا"),  # stray ZWNJs and kashida
+])
+def test_display_text_spacing_a_persian_reader_checks(raw: str, shown: str) -> None:
+    assert display_text(raw) == shown
+    assert _same(shown, raw)  # the matcher's compact key ignores ZWNJ joints
+
+
+def _corpus_lines(limit: int) -> list[str]:
+    folder = shared_testdata("fars-news")
+    articles = json.loads((folder / "fars-news-1.json").read_text(encoding="utf-8"))
+    lines = []
+    for article in articles[:limit]:
+        lines += [article["title"], article["abstract"], *article["paragraphs"]]
+    return [line for line in lines if line]
+
+
+def test_persian_normalizer_is_hazms_normalizer() -> None:
+    """The compact lexicons and the table built once change nothing: on real articles and
+    on the shared normalization inputs the output is a plain hazm Normalizer's."""
+    from hazm import Normalizer
+
+    from monitor.text.persian import SETTINGS, PersianNormalizer
+
+    ours, hazms = PersianNormalizer(), Normalizer(**SETTINGS)
+    assert ours.tokenizer.words == {}  # hazm's dict of words was never built
+    cases = json.loads((shared_testdata("normalization") / "hazm" / "normalizer_cases.json")
+                       .read_text(encoding="utf-8"))
+    virastar = json.loads((shared_testdata("normalization") / "virastar" /
+                           "cleanup_cases.json").read_text(encoding="utf-8"))
+    texts = [*_corpus_lines(150), *(_text(c["input"]) for c in cases),
+             *(c["input"] for c in virastar)]
+    assert len(texts) > 1500
+    differ = [t for t in texts if ours.normalize(t) != hazms.normalize(t)]
+    assert differ == []
+
+
+def test_lexicons_are_hazms() -> None:
+    """The words and verb forms read into the compact tables are the ones hazm loads."""
+    from hazm import Lemmatizer, WordTokenizer
+
+    from monitor.text.persian import lexicon_words, verb_forms
+
+    hazm_words = {word: count for word, (count, _) in WordTokenizer().words.items()}
+    assert dict(lexicon_words()) == hazm_words
+    assert set(verb_forms()) == set(Lemmatizer(joined_verb_parts=False).verbs)
+
+
+def test_hash_set() -> None:
+    from monitor.text.persian import HashSet
+
+    words = [f"واژه{i}" for i in range(5000)]
+    found = HashSet(words[::2])
+    assert len(found) == 2500
+    assert all(w in found for w in words[::2])
+    assert not any(w in found for w in words[1::2])
+    assert "" not in HashSet([]) and len(HashSet([])) == 0
+
+
 @pytest.mark.parametrize(("text", "language"), [
     ("دیدار دبیرکل سازمان همکاری اسلامی با وزیر خارجه", "fa"),
     ("ديدار دبيركل سازمان همكاري اسلامي با وزير خارجه در تهران", "fa"),  # cp1256 letters

@@ -188,6 +188,14 @@ def _key(text: str, table: _FoldTable) -> str:
     return " ".join(text.translate(table).split())
 
 
+# An item's title and body are keyed for matching and then again for its fingerprint
+# (`monitor.identity`), a few calls apart: the last few keys are kept (few, as a content
+# field may be 200,000 characters).
+@lru_cache(maxsize=8)
+def _folded(source: str) -> str:
+    return _key(source, _FOLD)
+
+
 def match_key(text: str | None) -> str:
     """The folded form of a text, words separated by single spaces; never shown."""
     return FieldKey.of(text).key if text else ""
@@ -236,7 +244,7 @@ class FieldKey:
     def of(cls, text: str | None) -> FieldKey:
         text = text or ""
         source = _mask_markup(text) if has_markup(text) else text
-        return cls(text, _key(source, _FOLD), source)
+        return cls(text, _folded(source), source)
 
     @_cached
     def _pieces(self) -> list[str]:
@@ -345,6 +353,9 @@ _FA_WORDS = frozenset(("در", "به", "از", "که", "این", "را", "با",
                        "کرد", "می", "تا", "هم", "بر", "خود", "نیز", "آن", "یک", "شده", "کند"))
 _AR_WORDS = frozenset(("فی", "من", "علی", "الی", "عن", "التی", "الذی", "هذا", "هذه", "ان",
                        "مع", "قد", "کان", "لم", "ما", "بین", "ذلک", "حیث"))
+# Letters counted as what is left when everything else is removed (no list of strings).
+_NOT_ARABIC_SCRIPT = re.compile(f"[^{_ARABIC_LETTER}]+")
+_NOT_LATIN = re.compile("[^A-Za-z\u00c0-\u024f]+")
 _FR_HINTS = re.compile(r"[éèêàçôùâîûëï]|\b(?:le|la|les|des|du|de|et|pour|une|un|dans|sur|au|"
                        r"aux|est|avec|l|d|qu)\b")
 _EN_HINTS = re.compile(r"\b(?:the|of|and|to|in|for|on|with|is|by|at|from|a|an|as|its)\b")
@@ -357,8 +368,8 @@ def detect_language(text: str) -> str | None:
     words decide, not its letter forms.
     """
     sample = text[:3000]
-    arabic_script = len(re.findall(f"[{_ARABIC_LETTER}]", sample))
-    latin = len(re.findall(r"[A-Za-z\u00c0-\u024f]", sample))
+    arabic_script = len(_NOT_ARABIC_SCRIPT.sub("", sample))
+    latin = len(_NOT_LATIN.sub("", sample))
     if arabic_script == 0 and latin == 0:
         return None
     if arabic_script >= latin:
@@ -393,20 +404,17 @@ _normalizer_lock = threading.Lock()
 
 
 def _hazm() -> Any:
-    """hazm's Normalizer, imported on first use only: the import costs ~300 MB and ~2 s."""
+    """hazm's Normalizer (`monitor.text.persian`), imported on first use only: the import
+    costs ~140 MB and ~2 s."""
     global _normalizer
     if _normalizer is None:
         with _normalizer_lock:
             if _normalizer is None:
                 # hazm imports gensim, which logs a demo corpus at INFO on import.
                 logging.getLogger("gensim").setLevel(logging.WARNING)
-                from hazm import Normalizer
+                from monitor.text.persian import PersianNormalizer
 
-                # Off: what would change the publisher's wording (quotes, digits, emoji,
-                # repeated letters). On: letter forms, affix ZWNJs, kashida and spacing.
-                _normalizer = Normalizer(correct_spacing=True, persian_style=False,
-                                         persian_numbers=False, remove_specials_chars=False,
-                                         decrease_repeated_chars=False)
+                _normalizer = PersianNormalizer()
     return _normalizer
 
 

@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 
@@ -127,13 +128,17 @@ def similarity(a: frozenset[int], b: frozenset[int]) -> float:
     return len(a & b) / max(min(len(a), len(b)), MIN_SHINGLES)
 
 
-def closest(new: frozenset[int], candidates: Iterable[tuple[int, frozenset[int]]],
-            threshold: float) -> tuple[int, float] | None:
+# A candidate's key: an article id, or any other key that orders candidates by age.
+_Key = TypeVar("_Key", int, tuple[int, int])
+
+
+def closest(new: frozenset[int], candidates: Iterable[tuple[_Key, frozenset[int]]],
+            threshold: float) -> tuple[_Key, float] | None:
     """The (key, score) of the most similar candidate at or above the threshold, if any.
 
     Ties go to the earliest key, so a story keeps being found through its first article.
     """
-    best: tuple[int, float] | None = None
+    best: tuple[_Key, float] | None = None
     for key, other in candidates:
         score = similarity(new, other)
         if score >= threshold and (best is None or score > best[1]

@@ -305,12 +305,17 @@ def _wait_until_blocked_by(db: Database, writer: Connection) -> None:
     if db.dialect != "postgresql":
         return
     writer_pid = writer.scalar(text("SELECT pg_backend_pid()"))
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     with db.engine.connect() as watcher:
-        while not watcher.scalar(text(
+        while True:
+            waiting = watcher.scalar(text(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"),
-                {"pid": writer_pid}):
+                {"pid": writer_pid})
+            # pg_stat_activity is a snapshot taken once per transaction: take a new one.
+            watcher.rollback()
+            if waiting:
+                return
             assert time.monotonic() < deadline, "the store never waited for the writer"
             time.sleep(0.02)
 
@@ -334,8 +339,11 @@ def test_a_link_another_writer_stores_meanwhile_is_that_writers_article(db_url: 
             storing = pool.submit(store.add, "irna", [
                 _entry("1", TITLE, SUMMARY, link),
                 _entry("2", TITLE, SUMMARY, "https://irna.ir/n/2")])
-            _wait_until_blocked_by(store.db, writer)
-            transaction.commit()
+            try:
+                _wait_until_blocked_by(store.db, writer)
+            finally:
+                # Whatever happened, or the store (holding the story lock) waits forever.
+                transaction.commit()
             result = storing.result(timeout=60)
     assert (result.new_articles, result.duplicates, result.alerts) == (1, 1, 2)
     with store.db.session() as s:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Connection, insert, or_, select, text, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -384,6 +384,17 @@ def _stories_by_text(session: Session, fingerprints: Sequence[str],
     return found
 
 
+# Built once: an IN (...) of hundreds of keys costs more to construct than to run.
+# `article_id >= NULL` (nothing recent) selects nothing.
+_FIRST_RECENT = (select(Article.id).where(Article.fetched >= bindparam("since"))
+                 .order_by(Article.fetched).limit(1).scalar_subquery())
+_NEIGHBOURS = select(ArticleBand.band, ArticleBand.article_id).where(
+    ArticleBand.baseline.is_(True), ArticleBand.band.in_(bindparam("keys", expanding=True))
+).union_all(select(ArticleBand.band, ArticleBand.article_id).where(
+    ArticleBand.band.in_(bindparam("keys", expanding=True)),
+    ArticleBand.article_id >= _FIRST_RECENT))
+
+
 def _band_neighbours(session: Session, bands: Iterable[int], now: datetime,
                      rules: StoryRules) -> dict[int, set[int]]:
     """Per band key, the ids of the articles worth comparing that share it.
@@ -392,33 +403,24 @@ def _band_neighbours(session: Session, bands: Iterable[int], now: datetime,
     (ids grow with time, so the primary key (band, article_id) bounds the range) and
     baseline articles; both lookups are index seeks, whatever the size of the table.
     """
-    keys = sorted(set(bands))
-    if not keys:
-        return {}
-    first_recent = session.scalar(select(Article.id).where(
-        Article.fetched >= now - rules.window).order_by(Article.fetched).limit(1))
     found: dict[int, set[int]] = {}
-    for chunk in _chunks(keys):
-        query = select(ArticleBand.band, ArticleBand.article_id).where(
-            ArticleBand.baseline.is_(True), ArticleBand.band.in_(chunk))
-        if first_recent is not None:
-            query = query.union_all(select(ArticleBand.band, ArticleBand.article_id).where(
-                ArticleBand.band.in_(chunk), ArticleBand.article_id >= first_recent))
-        for band, article_id in session.execute(query):
+    for chunk in _chunks(sorted(set(bands))):
+        for band, article_id in session.execute(
+                _NEIGHBOURS, {"keys": chunk, "since": now - rules.window}):
             found.setdefault(band, set()).add(article_id)
     return found
 
 
 def _stored_leads(session: Session, ids: Iterable[int]
                   ) -> dict[int, tuple[int, frozenset[int]]]:
-    """Per article id, its story and the shingles of its lead (computed once per batch)."""
+    """Per article id, its story and the shingles of its lead."""
     leads: dict[int, tuple[int, frozenset[int]]] = {}
     for chunk in _chunks(sorted(ids)):
         for row in session.execute(
                 select(Article.id, Article.story_id, Article.title, Article.summary,
                        Article.content).where(Article.id.in_(chunk))):
-            leads[row.id] = (row.story_id, stories.shingles(
-                stories.lead(row.title, row.summary, row.content)))
+            leads[row.id] = (row.story_id, stories.lead_shingles(
+                row.title, row.summary, row.content))
     return leads
 
 
@@ -518,8 +520,11 @@ def _insert_articles(session: Session, feed_id: int | None, origin: str,
     savepoint.commit()
     for article in new:
         article.id = inserted[article.identity]
-    bands = [{"band": band, "article_id": a.id, "baseline": a.baseline}
-             for a in new for band in a.candidate.sketch.bands]
+    # In key order: each row goes into two B-trees by band key, and sorted rows land on
+    # neighbouring pages instead of one random page each.
+    bands = sorted(({"band": band, "article_id": a.id, "baseline": a.baseline}
+                    for a in new for band in a.candidate.sketch.bands),
+                   key=lambda row: row["band"])
     if bands:
         session.execute(insert(ArticleBand.__table__), bands)
     return []

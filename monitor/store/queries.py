@@ -198,9 +198,12 @@ class _NewArticle:
 
     @property
     def identity(self) -> tuple[str | None, str | None]:
-        """What tells this article apart in a batch: its link, else its text."""
-        c = self.candidate
-        return (c.canonical_link, None) if c.canonical_link else (None, c.fingerprint)
+        return _identity(self.candidate.canonical_link, self.candidate.fingerprint)
+
+
+def _identity(link: str | None, fingerprint: str) -> tuple[str | None, str | None]:
+    """What tells the new articles of a batch apart: the link, else (no link) the text."""
+    return (link, None) if link else (None, fingerprint)
 
 
 def store_candidates(
@@ -490,8 +493,9 @@ def _insert_articles(session: Session, feed_id: int | None, origin: str,
     """Insert the new stories, articles and band keys. A canonical link another process
     stored meanwhile is not inserted: then nothing is, and those links are returned."""
     savepoint = session.begin_nested()
-    started = [a.story for a in new if a.story is not None and a.story.id is None]
-    started = list({id(s): s for s in started}.values())
+    # Each story the batch starts, once (later articles of the batch may join it).
+    started = list({id(a.story): a.story for a in new
+                    if a.story is not None and a.story.id is None}.values())
     if started:
         ids = session.scalars(
             insert(Story.__table__).returning(Story.__table__.c.id,
@@ -511,8 +515,7 @@ def _insert_articles(session: Session, feed_id: int | None, origin: str,
         .on_conflict_do_nothing(index_elements=["canonical_link"])
         .returning(articles.c.id, articles.c.canonical_link, articles.c.fingerprint),
         [_article_row(a, feed_id, origin, now) for a in new]).all()
-    inserted = {((link, None) if link else (None, fingerprint)): id_
-                for id_, link, fingerprint in rows}
+    inserted = {_identity(link, fingerprint): id_ for id_, link, fingerprint in rows}
     if len(inserted) < len(new):
         savepoint.rollback()
         return [a.candidate.canonical_link for a in new

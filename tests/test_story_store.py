@@ -353,3 +353,33 @@ def test_a_link_another_writer_stores_meanwhile_is_that_writers_article(db_url: 
     assert store.stories() == {"isna": story_id, "irna": story_id}
     assert store.alerts() == [("oic", "new", "irna"), ("gaza", "new", "irna")]
     store.db.dispose()
+
+
+def test_a_seed_another_daemon_loads_meanwhile_is_not_stored_twice(db_url: str) -> None:
+    """Two daemons starting together load the same seed file: the second, having looked
+    before the first committed, looks again once it holds the story lock."""
+    from monitor.store.queries import _STORY_LOCK_KEY
+
+    store = Store(db_url)
+    seed = _entry("seed#0", CLOSING_TITLE, CLOSING_SUMMARY)
+    theirs = prepare(seed, "seed:test.txt", MATCHER)
+    with store.db.engine.connect() as writer:
+        transaction = writer.begin()
+        if store.db.dialect == "postgresql":
+            writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+        story_id = writer.scalar(insert(Story).values(
+            title=CLOSING_TITLE, baseline=True, created_at=T0, updated_at=T0
+        ).returning(Story.id))
+        writer.execute(insert(Article).values(
+            origin="seed:test.txt", story_id=story_id, fingerprint=theirs.fingerprint,
+            title=CLOSING_TITLE, summary=CLOSING_SUMMARY, baseline=True, fetched=T0))
+        with ThreadPoolExecutor(1) as pool:
+            storing = pool.submit(store.add, None, [seed])
+            try:
+                _wait_until_blocked_by(store.db, writer)
+            finally:
+                transaction.commit()
+            result = storing.result(timeout=60)
+    assert (result.new_articles, result.duplicates) == (0, 1)
+    assert store.stories() == {"seed:test.txt": story_id}
+    store.db.dispose()

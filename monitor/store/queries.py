@@ -242,18 +242,18 @@ def store_candidates(
         if feed_id is not None:
             seen.add(candidate.entry.key)
         fresh.append(candidate)
-    linked = _articles_at(session, list(dict.fromkeys(
-        c.canonical_link for c in fresh if c.canonical_link)))
-    same_text = _articles_with_text(session, origin, list(dict.fromkeys(
-        c.fingerprint for c in fresh if not c.canonical_link)))
+    linked, same_text = _stored_articles(session, origin, fresh)
     locked = False
     while True:
         entries, new = _sort_out(fresh, linked, same_text)
         if not new:
             break
         if not locked:
-            _lock_stories(session)
             locked = True
+            if _lock_stories(session):
+                # Another process may have stored some of these while we waited.
+                linked, same_text = _stored_articles(session, origin, fresh)
+                continue
         _assign_stories(session, new, now, baseline, rules)
         conflicts = _insert_articles(session, feed_id, origin, new, now)
         if not conflicts:
@@ -275,6 +275,16 @@ def store_candidates(
     if feed_id is not None and carried:
         touch_feed_entries(session, feed_id, sorted(carried), now)
     return result
+
+
+def _stored_articles(session: Session, origin: str, fresh: Sequence[Candidate]
+                     ) -> tuple[dict[str, int], dict[str, int]]:
+    """The stored articles these items may be: by canonical link, and (for the items
+    without a link) by the text from the same origin."""
+    return (_articles_at(session, list(dict.fromkeys(
+                c.canonical_link for c in fresh if c.canonical_link))),
+            _articles_with_text(session, origin, list(dict.fromkeys(
+                c.fingerprint for c in fresh if not c.canonical_link))))
 
 
 def _sort_out(fresh: Sequence[Candidate], linked: dict[str, int], same_text: dict[str, int]
@@ -312,12 +322,15 @@ def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
                         .values(last_seen=now).execution_options(synchronize_session=False))
 
 
-def _lock_stories(session: Session) -> None:
+def _lock_stories(session: Session) -> bool:
     """Take turns assigning stories: two feeds refreshed at once that carry copies of one
     story must not each start it (and each alert). SQLite's write lock already serializes
-    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit. True when
+    the lock was taken here, so that what was read before it may be out of date."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+    return True
 
 
 def _assign_stories(session: Session, new: Sequence[_NewArticle], now: datetime,

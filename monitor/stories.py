@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import zlib
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 
@@ -110,8 +114,51 @@ def band_keys(shingle_set: frozenset[int]) -> tuple[int, ...]:
     return tuple(keys)
 
 
+# How many leads `lead_shingles` remembers, at about 1 KB each.
+LEAD_MEMO_SIZE = 8192
+
+
+class _LeadMemo:
+    """The shingles of the most recently used leads, by a digest of the text they come from.
+
+    A stored article is compared with every later article that shares a band key with it,
+    and its lead costs a pass of text normalization each time; remembered, it costs a dict
+    lookup. Kept as packed arrays (a frozenset of 200 ints is over ten times the size).
+    Refreshes run in threads, hence the lock.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._shingles: OrderedDict[bytes, array[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def shingles(self, title: str, body: str) -> frozenset[int]:
+        key = hashlib.blake2b(f"{len(title)}:{title}{body}".encode(),
+                              digest_size=16).digest()
+        with self._lock:
+            packed = self._shingles.get(key)
+            if packed is not None:
+                self._shingles.move_to_end(key)
+        if packed is not None:
+            return frozenset(packed)
+        found = shingles(lead(title, body, ""))
+        with self._lock:
+            self._shingles[key] = array("I", found)
+            while len(self._shingles) > self.size:
+                self._shingles.popitem(last=False)
+        return found
+
+
+_memo = _LeadMemo(LEAD_MEMO_SIZE)
+
+
+def lead_shingles(title: str, summary: str, content: str) -> frozenset[int]:
+    """`shingles(lead(title, summary, content))`, remembered for recent texts."""
+    return _memo.shingles(title, summary or content)
+
+
 def sketch(title: str, summary: str, content: str) -> Sketch:
-    shingle_set = shingles(lead(title, summary, content))
+    shingle_set = lead_shingles(title, summary, content)
     return Sketch(shingle_set, band_keys(shingle_set))
 
 
@@ -127,13 +174,17 @@ def similarity(a: frozenset[int], b: frozenset[int]) -> float:
     return len(a & b) / max(min(len(a), len(b)), MIN_SHINGLES)
 
 
-def closest(new: frozenset[int], candidates: Iterable[tuple[int, frozenset[int]]],
-            threshold: float) -> tuple[int, float] | None:
+# A candidate's key: an article id, or any other key that orders candidates by age.
+_Key = TypeVar("_Key", int, tuple[int, int])
+
+
+def closest(new: frozenset[int], candidates: Iterable[tuple[_Key, frozenset[int]]],
+            threshold: float) -> tuple[_Key, float] | None:
     """The (key, score) of the most similar candidate at or above the threshold, if any.
 
     Ties go to the earliest key, so a story keeps being found through its first article.
     """
-    best: tuple[int, float] | None = None
+    best: tuple[_Key, float] | None = None
     for key, other in candidates:
         score = similarity(new, other)
         if score >= threshold and (best is None or score > best[1]

@@ -99,3 +99,16 @@ def test_band_keys_are_the_same_in_every_process(hash_seed: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, env={"PYTHONHASHSEED": hash_seed}, timeout=60, check=True)
     assert result.stdout.strip() == str(stories.sketch(OPENING[0], OPENING[1], "").bands)
+
+
+def test_remembered_lead_shingles_are_the_computed_ones() -> None:
+    title, summary = OPENING
+    computed = stories.shingles(stories.lead(title, summary, ""))
+    memo = stories._LeadMemo(size=1)
+    assert memo.shingles(title, summary) == computed  # computed, then remembered
+    assert memo.shingles(title, summary) == computed  # remembered
+    assert memo.shingles(*CLOSING) == stories.shingles(stories.lead(*CLOSING, ""))
+    assert len(memo._shingles) == 1  # the oldest went
+    # A feed without a summary: the lead comes from the content, and so does the key.
+    assert stories.lead_shingles(title, "", summary) == computed
+    assert stories.sketch(title, summary, "").shingles == computed

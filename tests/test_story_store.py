@@ -3,17 +3,19 @@ updates, the window, the baseline, sources at send time, sketches that survive r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, insert, select, text
 
 from monitor.alerts.outbox import claim_messages, pace_channel
 from monitor.articles import prepare
 from monitor.config import FeedConfig, LogChannelConfig, WatchConfig
 from monitor.parse import Entry
 from monitor.store.database import Database
-from monitor.store.models import Alert, Article, ArticleBand, Feed
+from monitor.store.models import Alert, Article, ArticleBand, Feed, FeedEntry, Story
 from monitor.store.queries import StoreResult, store_candidates, story_sources, sync_feeds
 from monitor.stories import StoryRules
 from monitor.text.match import Matcher
@@ -254,4 +256,130 @@ def test_the_same_text_days_later_is_a_new_story(db_url: str) -> None:
         stories = [a.story_id for a in s.scalars(select(Article).order_by(Article.id))]
     assert stories[0] == stories[1] != stories[2]
     assert [a[2] for a in store.alerts()] == ["irna", "irna"]
+    store.db.dispose()
+
+
+def test_copies_within_one_feed_document_are_decided_in_order(db_url: str) -> None:
+    """A feed's entries are stored as one batch: an item later in the document joins the
+    story of an earlier one exactly as if that one had been stored by an earlier refresh."""
+    store = Store(db_url)
+    no_gaza = SUMMARY.replace("حملات به غزه", "حملات")
+    with_quds = SUMMARY.replace("به غزه", "به غزه و قدس")
+    result = store.add("irna", [
+        _entry("1", TITLE, no_gaza, "https://irna.ir/n/1"),
+        _entry("2", COPY_TITLE, SUMMARY, "https://irna.ir/n/2"),  # a retelling: adds gaza
+        _entry("3", TITLE + " و قدس", with_quds, "https://irna.ir/n/3"),  # adds a gaza term
+        _entry("4", CLOSING_TITLE, CLOSING_SUMMARY, "https://irna.ir/n/4"),  # another story
+        _entry("5", TITLE, no_gaza, "https://irna.ir/n/1?utm_source=rss"),  # 1's link again
+    ])
+    assert (result.new_articles, result.duplicates, result.alerts) == (4, 1, 4)
+    with store.db.session() as s:
+        stories = [a.story_id for a in s.scalars(select(Article).order_by(Article.id))]
+        entries = dict(s.execute(select(FeedEntry.entry_key, FeedEntry.article_id)).all())
+        assert s.scalar(select(func.count()).select_from(Story)) == 2
+    assert stories[0] == stories[1] == stories[2] != stories[3]
+    assert entries["5"] == entries["1"]
+    assert [a[:2] for a in store.alerts()] == [("oic", "new"), ("gaza", "new"),
+                                               ("gaza", "update"), ("oic", "new")]
+    store.db.dispose()
+
+
+def test_a_copy_of_a_baseline_article_in_the_same_document_is_baseline(db_url: str) -> None:
+    store = Store(db_url)
+    store.add(None, [_entry("seed#0", CLOSING_TITLE, CLOSING_SUMMARY)])
+    result = store.add("irna", [
+        _entry("1", "بیانیه پایانی نشست استانبول صادر شد", "خبرگزاری فارس: " + CLOSING_SUMMARY),
+        _entry("2", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY + " امروز"),
+    ])
+    assert (result.new_articles, result.alerts) == (2, 0)
+    with store.db.session() as s:
+        articles = list(s.scalars(select(Article).order_by(Article.id)))
+    assert len({a.story_id for a in articles}) == 1
+    assert all(a.baseline for a in articles)
+    store.db.dispose()
+
+
+def _wait_until_blocked_by(db: Database, writer: Connection) -> None:
+    """On PostgreSQL, until some session waits for the writer's uncommitted rows. (On SQLite
+    the whole transaction waits for the writer's lock: any order gives the same result.)"""
+    if db.dialect != "postgresql":
+        return
+    writer_pid = writer.scalar(text("SELECT pg_backend_pid()"))
+    deadline = time.monotonic() + 60
+    with db.engine.connect() as watcher:
+        while True:
+            waiting = watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"),
+                {"pid": writer_pid})
+            # pg_stat_activity is a snapshot taken once per transaction: take a new one.
+            watcher.rollback()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the store never waited for the writer"
+            time.sleep(0.02)
+
+
+def test_a_link_another_writer_stores_meanwhile_is_that_writers_article(db_url: str) -> None:
+    """Another process inserts an article at a link that this batch is storing and commits
+    only once the batch's insert waits for it: the batch takes that article (a duplicate),
+    starts no story of its own, and its copy of the text joins the other article's story."""
+    store = Store(db_url)
+    link = "https://irna.ir/n/1"
+    theirs = prepare(_entry("x", TITLE, SUMMARY, link), "isna", MATCHER)
+    with store.db.engine.connect() as writer:
+        transaction = writer.begin()
+        story_id = writer.scalar(insert(Story).values(
+            title=TITLE, baseline=False, created_at=T0, updated_at=T0).returning(Story.id))
+        article_id = writer.scalar(insert(Article).values(
+            origin="isna", story_id=story_id, link=link, canonical_link=theirs.canonical_link,
+            fingerprint=theirs.fingerprint, title=TITLE, summary=SUMMARY, fetched=T0,
+        ).returning(Article.id))
+        with ThreadPoolExecutor(1) as pool:
+            storing = pool.submit(store.add, "irna", [
+                _entry("1", TITLE, SUMMARY, link),
+                _entry("2", TITLE, SUMMARY, "https://irna.ir/n/2")])
+            try:
+                _wait_until_blocked_by(store.db, writer)
+            finally:
+                # Whatever happened, or the store (holding the story lock) waits forever.
+                transaction.commit()
+            result = storing.result(timeout=60)
+    assert (result.new_articles, result.duplicates, result.alerts) == (1, 1, 2)
+    with store.db.session() as s:
+        entries = dict(s.execute(select(FeedEntry.entry_key, FeedEntry.article_id)).all())
+        assert s.scalar(select(func.count()).select_from(Story)) == 1
+    assert entries["1"] == article_id
+    assert store.stories() == {"isna": story_id, "irna": story_id}
+    assert store.alerts() == [("oic", "new", "irna"), ("gaza", "new", "irna")]
+    store.db.dispose()
+
+
+def test_a_seed_another_daemon_loads_meanwhile_is_not_stored_twice(db_url: str) -> None:
+    """Two daemons starting together load the same seed file: the second, having looked
+    before the first committed, looks again once it holds the story lock."""
+    from monitor.store.queries import _STORY_LOCK_KEY
+
+    store = Store(db_url)
+    seed = _entry("seed#0", CLOSING_TITLE, CLOSING_SUMMARY)
+    theirs = prepare(seed, "seed:test.txt", MATCHER)
+    with store.db.engine.connect() as writer:
+        transaction = writer.begin()
+        if store.db.dialect == "postgresql":
+            writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+        story_id = writer.scalar(insert(Story).values(
+            title=CLOSING_TITLE, baseline=True, created_at=T0, updated_at=T0
+        ).returning(Story.id))
+        writer.execute(insert(Article).values(
+            origin="seed:test.txt", story_id=story_id, fingerprint=theirs.fingerprint,
+            title=CLOSING_TITLE, summary=CLOSING_SUMMARY, baseline=True, fetched=T0))
+        with ThreadPoolExecutor(1) as pool:
+            storing = pool.submit(store.add, None, [seed])
+            try:
+                _wait_until_blocked_by(store.db, writer)
+            finally:
+                transaction.commit()
+            result = storing.result(timeout=60)
+    assert (result.new_articles, result.duplicates) == (0, 1)
+    assert store.stories() == {"seed:test.txt": story_id}
     store.db.dispose()

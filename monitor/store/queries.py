@@ -6,14 +6,13 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor import metrics, stories
@@ -21,6 +20,7 @@ from monitor.articles import Candidate
 from monitor.config import FeedConfig
 from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
 from monitor.stories import DEFAULT_RULES, Sketch, StoryRules
+from monitor.text.match import Match
 
 # Any constant; the same in every monitor process ("stories" in ASCII).
 _STORY_LOCK_KEY = 0x73746F72696573
@@ -142,25 +142,13 @@ def release_feed(session: Session | Connection, feed_id: int, owner: str, *,
     )
 
 
-def _same_article(session: Session, candidate: Candidate, origin: str,
-                  linked: dict[str, Article]) -> Article | None:
-    """The stored article this item is: the one at its canonical link, whichever feed has
-    it; for an item without a link (a seed, a link-less feed entry), the one with the same
-    text from the same origin. The same text at another link is a copy: a new article of
-    the same story. `linked` holds the articles at the refresh's canonical links, loaded
-    once up front (`_articles_at`) and kept up to date as the refresh stores more."""
-    if candidate.canonical_link:
-        return linked.get(candidate.canonical_link)
-    return session.scalar(
-        select(Article).where(Article.fingerprint == candidate.fingerprint,
-                              Article.origin == origin).order_by(Article.id).limit(1))
-
-
 # Keeps each IN (...) list well under SQLite's limit on bound parameters.
 _CHUNK = 500
 
+_T = TypeVar("_T")
 
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+
+def _chunks(values: Sequence[_T]) -> Iterable[Sequence[_T]]:
     return (values[start:start + _CHUNK] for start in range(0, len(values), _CHUNK))
 
 
@@ -174,13 +162,62 @@ def _carried_keys(session: Session, feed_id: int, keys: Sequence[str]) -> set[st
     return found
 
 
-def _articles_at(session: Session, links: Sequence[str]) -> dict[str, Article]:
-    """The stored articles at these canonical links, by link."""
-    found: dict[str, Article] = {}
+def _articles_at(session: Session, links: Sequence[str]) -> dict[str, int]:
+    """The ids of the stored articles at these canonical links, by link."""
+    found: dict[str, int] = {}
     for chunk in _chunks(links):
-        found.update((a.canonical_link, a) for a in session.scalars(
-            select(Article).where(Article.canonical_link.in_(chunk))))
+        found.update((link, id_) for id_, link in session.execute(
+            select(Article.id, Article.canonical_link).where(Article.canonical_link.in_(chunk))))
     return found
+
+
+def _articles_with_text(session: Session, origin: str,
+                        fingerprints: Sequence[str]) -> dict[str, int]:
+    """Per fingerprint, the id of the first stored article from `origin` with that text."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(fingerprints):
+        for fingerprint, id_ in session.execute(
+                select(Article.fingerprint, Article.id)
+                .where(Article.fingerprint.in_(chunk), Article.origin == origin)
+                .order_by(Article.id)):
+            found.setdefault(fingerprint, id_)
+    return found
+
+
+@dataclass
+class _Story:
+    """A story that a batch adds articles to: a stored one, or one the batch starts (its id
+    is known once inserted). What alerting needs is kept up to date as the batch decides."""
+
+    id: int | None
+    baseline: bool
+    title: str = ""
+    alerted: set[str] = field(default_factory=set)  # watches that alerted on it
+    terms: dict[str, set[str]] = field(default_factory=dict)  # per watch, terms matched
+
+
+@dataclass
+class _NewArticle:
+    """An item that is no stored article: where it goes, and what it alerts."""
+
+    candidate: Candidate
+    story: _Story | None = None
+    baseline: bool = False
+    alerts: list[tuple[Match, str]] = field(default_factory=list)  # (match, kind)
+    id: int | None = None
+
+    @property
+    def story_id(self) -> int | None:
+        return None if self.story is None else self.story.id
+
+    @property
+    def identity(self) -> tuple[str | None, str | None]:
+        return _identity(self.candidate.canonical_link, self.candidate.fingerprint)
+
+
+def _identity(link: str | None, fingerprint: str) -> tuple[str | None, str | None]:
+    """What tells the new articles of a batch apart: the link, else (no link) the text."""
+    return (link, None) if link else (None, fingerprint)
 
 
 def store_candidates(
@@ -197,55 +234,96 @@ def store_candidates(
     """Store new articles, each in its story, and in the same transaction their alerts and
     outbox rows.
 
-    An entry the feed carried before is skipped; an item that is a stored article
-    (`_same_article`) is recorded for the feed, nothing more. Any other item is a new article
-    in a story (`_story_for`); it alerts only as the first article of its story to match a
+    An entry the feed carried before is skipped; an item that is a stored article (the one
+    at its canonical link, or for an item without a link the one with the same text from the
+    same origin) is recorded for the feed, nothing more. Any other item is a new article in
+    a story (`_assign_stories`); it alerts only as the first article of its story to match a
     watch, and never in a baseline story.
+
+    The entries are stored as one batch: a few queries for all of them, decisions in order
+    in memory (an item that is, or retells, an earlier new item of the same batch is treated
+    as if that one were stored already), then one multi-row INSERT per table.
     """
     result = StoreResult()
-    locked = False
     keys = list(dict.fromkeys(c.entry.key for c in candidates))
-    seen = _carried_keys(session, feed_id, keys) if feed_id is not None else set()
-    linked = _articles_at(session, list(dict.fromkeys(
-        c.canonical_link for c in candidates
-        if c.canonical_link and c.entry.key not in seen)))
+    carried = _carried_keys(session, feed_id, keys) if feed_id is not None else set()
+    fresh: list[Candidate] = []
+    seen = set(carried)
     for candidate in candidates:
-        entry = candidate.entry
-        if entry.key in seen:
+        if candidate.entry.key in seen:
             result.already_seen += 1
             continue
-        article = _same_article(session, candidate, origin, linked)
-        if article is None:
-            if not locked:
-                _lock_stories(session)
-                locked = True
-            try:
-                with session.begin_nested():
-                    article = _insert_article(session, feed_id, origin, candidate, now,
-                                              baseline, rules)
-            except IntegrityError:
-                # Another process stored the same canonical link a moment ago.
-                if candidate.canonical_link:
-                    linked.update(_articles_at(session, [candidate.canonical_link]))
-                article = _same_article(session, candidate, origin, linked)
-                if article is None:
-                    raise
-                result.duplicates += 1
-            else:
-                result.new_articles += 1
-                _queue_alerts(session, article, candidate, rules, channels_for, now, result)
-            if candidate.canonical_link:
-                linked[candidate.canonical_link] = article
-        else:
-            result.duplicates += 1
         if feed_id is not None:
-            session.add(FeedEntry(feed_id=feed_id, entry_key=entry.key,
-                                  article_id=article.id, first_seen=now))
-            seen.add(entry.key)
-    session.flush()
-    if feed_id is not None and keys:
-        touch_feed_entries(session, feed_id, keys, now)
+            seen.add(candidate.entry.key)
+        fresh.append(candidate)
+    linked, same_text = _stored_articles(session, origin, fresh)
+    locked = False
+    while True:
+        entries, new = _sort_out(fresh, linked, same_text)
+        if not new:
+            break
+        if not locked:
+            locked = True
+            if _lock_stories(session):
+                # Another process may have stored some of these while we waited.
+                linked, same_text = _stored_articles(session, origin, fresh)
+                continue
+        _assign_stories(session, new, now, baseline, rules)
+        conflicts = _insert_articles(session, feed_id, origin, new, now)
+        if not conflicts:
+            break
+        # Another process stored these links a moment ago (its insert was not yet
+        # committed when we looked): its articles are the ones, so decide again.
+        found = _articles_at(session, conflicts)
+        if len(found) < len(conflicts):
+            raise RuntimeError(f"canonical links neither insertable nor stored: {conflicts}")
+        linked.update(found)
+    result.new_articles = len(new)
+    result.duplicates = len(fresh) - len(new)
+    if feed_id is not None and entries:
+        session.execute(insert(FeedEntry.__table__), [
+            {"feed_id": feed_id, "entry_key": key, "first_seen": now, "last_seen": now,
+             "article_id": article if isinstance(article, int) else article.id}
+            for key, article in entries])
+    _insert_alerts(session, new, channels_for, now, result)
+    if feed_id is not None and carried:
+        touch_feed_entries(session, feed_id, sorted(carried), now)
     return result
+
+
+def _stored_articles(session: Session, origin: str, fresh: Sequence[Candidate]
+                     ) -> tuple[dict[str, int], dict[str, int]]:
+    """The stored articles these items may be: by canonical link, and (for the items
+    without a link) by the text from the same origin."""
+    return (_articles_at(session, list(dict.fromkeys(
+                c.canonical_link for c in fresh if c.canonical_link))),
+            _articles_with_text(session, origin, list(dict.fromkeys(
+                c.fingerprint for c in fresh if not c.canonical_link))))
+
+
+def _sort_out(fresh: Sequence[Candidate], linked: dict[str, int], same_text: dict[str, int]
+              ) -> tuple[list[tuple[str, int | _NewArticle]], list[_NewArticle]]:
+    """Which article each item is: a stored one (its id), or a new one. A later item at the
+    link of an earlier new one (or, without a link, with its text) is that article too."""
+    entries: list[tuple[str, int | _NewArticle]] = []
+    new: list[_NewArticle] = []
+    new_at: dict[str, _NewArticle] = {}
+    new_with_text: dict[str, _NewArticle] = {}
+    for candidate in fresh:
+        link, text_ = candidate.canonical_link, candidate.fingerprint
+        article: int | _NewArticle | None
+        if link:
+            article = linked.get(link) or new_at.get(link)
+        else:
+            article = same_text.get(text_) or new_with_text.get(text_)
+        if article is None:
+            article = _NewArticle(candidate)
+            new.append(article)
+            if link:
+                new_at[link] = article
+            new_with_text.setdefault(text_, article)
+        entries.append((candidate.entry.key, article))
+    return entries, new
 
 
 def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
@@ -258,132 +336,267 @@ def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
                         .values(last_seen=now).execution_options(synchronize_session=False))
 
 
-def _lock_stories(session: Session) -> None:
+def _lock_stories(session: Session) -> bool:
     """Take turns assigning stories: two feeds refreshed at once that carry copies of one
     story must not each start it (and each alert). SQLite's write lock already serializes
-    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+    writers; on PostgreSQL a transaction-scoped advisory lock does, until commit. True when
+    the lock was taken here, so that what was read before it may be out of date."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+    return True
 
 
-def _insert_article(session: Session, feed_id: int | None, origin: str, candidate: Candidate,
-                    now: datetime, baseline: bool, rules: StoryRules) -> Article:
-    entry = candidate.entry
-    story = _story_for(session, candidate, now, baseline, rules)
-    article = Article(
-        feed_id=feed_id, origin=origin, story_id=story.id, link=entry.link,
-        canonical_link=candidate.canonical_link, fingerprint=candidate.fingerprint,
-        title=entry.title, summary=entry.summary, content=entry.content,
-        author=entry.author, language=candidate.language, match_key=candidate.match_key,
-        matches=[m.as_dict() for m in candidate.matches],
-        # A copy of a baseline article is known too.
-        baseline=baseline or story.baseline, published=entry.published, fetched=now,
-    )
-    session.add(article)
-    session.flush()
-    if candidate.sketch.bands:
-        session.execute(insert(ArticleBand), [
-            {"band": band, "article_id": article.id, "baseline": article.baseline}
-            for band in candidate.sketch.bands])
-    return article
+def _assign_stories(session: Session, new: Sequence[_NewArticle], now: datetime,
+                    baseline: bool, rules: StoryRules) -> None:
+    """Give each new article, in order, its story and its alerts.
+
+    The story is that of a recent or baseline article with the same text, else that of the
+    most similar one, else a new one; the articles earlier in the batch count as stored.
+    Old articles are left alone even with the same text: a headline-only item that recurs
+    daily is news daily.
+    """
+    by_text = _stories_by_text(session, [a.candidate.fingerprint for a in new],
+                               now - rules.window)
+    neighbours = _band_neighbours(session, [
+        band for a in new if a.candidate.fingerprint not in by_text
+        for band in a.candidate.sketch.bands], now, rules)
+    leads = _stored_leads(session, {i for ids in neighbours.values() for i in ids})
+    stored: dict[int, _Story] = {}
+    batch_by_text: dict[str, _Story] = {}
+    batch_bands: dict[int, list[int]] = {}  # band key -> indexes into `new`
+    for index, article in enumerate(new):
+        sketch = article.candidate.sketch
+        story_id = by_text.get(article.candidate.fingerprint)
+        story = None if story_id is not None else batch_by_text.get(article.candidate.fingerprint)
+        if story_id is None and story is None:
+            # Keys order stored articles (by id) before this batch's (by position): ties go
+            # to the earliest, so a story keeps being found through its first article.
+            best = stories.closest(sketch.shingles, [
+                *(((0, i), leads[i][1]) for i in _sharing(sketch, neighbours) if i in leads),
+                *(((1, j), new[j].candidate.sketch.shingles)
+                  for j in _sharing(sketch, batch_bands))], rules.threshold)
+            if best is not None:
+                (batch, key), _score = best
+                if batch:
+                    story = new[key].story
+                else:
+                    story_id = leads[key][0]
+        if story is None:
+            story = (stored.setdefault(story_id, _Story(story_id, False))
+                     if story_id is not None
+                     else _Story(None, baseline, article.candidate.entry.title))
+        article.story = story
+        batch_by_text.setdefault(article.candidate.fingerprint, story)
+        for band in sketch.bands:
+            batch_bands.setdefault(band, []).append(index)
+    _read_stored_stories(session, stored, new, baseline, rules)
+    for article in new:
+        _plan_alerts(article, baseline, rules)
 
 
-def _story_for(session: Session, candidate: Candidate, now: datetime, baseline: bool,
-               rules: StoryRules) -> Story:
-    """The story a new article belongs to: that of a recent or baseline article with the
-    same text, else that of the most similar one, else a new one. Old articles are left
-    alone even with the same text: a headline-only item that recurs daily is news daily."""
-    story_id = session.scalar(
-        select(Article.story_id).where(
-            Article.fingerprint == candidate.fingerprint,
-            or_(Article.baseline.is_(True), Article.fetched >= now - rules.window))
-        .order_by(Article.id).limit(1))
-    if story_id is None:
-        story_id = find_similar_story(session, candidate.sketch, now, rules)
-    if story_id is not None:
-        # Locked, so that two processes adding copies of one story decide its alerts in turn.
-        story = session.get_one(Story, story_id, with_for_update=True)
-        story.updated_at = now
-        return story
-    story = Story(title=candidate.entry.title, baseline=baseline, created_at=now,
-                  updated_at=now)
-    session.add(story)
-    session.flush()
-    return story
+def _sharing(sketch: Sketch, by_band: dict[int, Any]) -> set[Any]:
+    """What `by_band` lists under any of the sketch's band keys."""
+    return {found for band in sketch.bands for found in by_band.get(band, ())}
 
 
-def find_similar_story(session: Session, sketch: Sketch, now: datetime,
-                       rules: StoryRules) -> int | None:
-    """The story of the stored article most similar to the sketch, above the threshold.
+def _stories_by_text(session: Session, fingerprints: Sequence[str],
+                     since: datetime) -> dict[str, int]:
+    """Per fingerprint, the story of the first baseline or recent article with that text."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(list(dict.fromkeys(fingerprints))):
+        for fingerprint, story_id in session.execute(
+                select(Article.fingerprint, Article.story_id)
+                .where(Article.fingerprint.in_(chunk),
+                       or_(Article.baseline.is_(True), Article.fetched >= since))
+                .order_by(Article.id)):
+            found.setdefault(fingerprint, story_id)
+    return found
+
+
+# Built once: an IN (...) of hundreds of keys costs more to construct than to run.
+# `article_id >= NULL` (nothing recent) selects nothing.
+_FIRST_RECENT = (select(Article.id).where(Article.fetched >= bindparam("since"))
+                 .order_by(Article.fetched).limit(1).scalar_subquery())
+_NEIGHBOURS = select(ArticleBand.band, ArticleBand.article_id).where(
+    ArticleBand.baseline.is_(True), ArticleBand.band.in_(bindparam("keys", expanding=True))
+).union_all(select(ArticleBand.band, ArticleBand.article_id).where(
+    ArticleBand.band.in_(bindparam("keys", expanding=True)),
+    ArticleBand.article_id >= _FIRST_RECENT))
+
+
+def _band_neighbours(session: Session, bands: Iterable[int], now: datetime,
+                     rules: StoryRules) -> dict[int, set[int]]:
+    """Per band key, the ids of the articles worth comparing that share it.
 
     Candidates come from the band-key index only: articles stored since the window opened
     (ids grow with time, so the primary key (band, article_id) bounds the range) and
     baseline articles; both lookups are index seeks, whatever the size of the table.
     """
-    if not sketch.bands:
-        return None
-    keys = list(sketch.bands)
-    # NULL when nothing is recent, and `article_id >= NULL` then selects nothing.
-    first_recent = (select(Article.id).where(Article.fetched >= now - rules.window)
-                    .order_by(Article.fetched).limit(1).scalar_subquery())
-    found = select(ArticleBand.article_id).where(
-        ArticleBand.baseline.is_(True), ArticleBand.band.in_(keys)
-    ).union(select(ArticleBand.article_id).where(
-        ArticleBand.band.in_(keys), ArticleBand.article_id >= first_recent))
-    ids = list(session.scalars(found))
-    if not ids:
-        return None
-    rows = session.execute(
-        select(Article.id, Article.story_id, Article.title, Article.summary, Article.content)
-        .where(Article.id.in_(ids))).all()
-    best = stories.closest(
-        sketch.shingles,
-        ((r.id, stories.shingles(stories.lead(r.title, r.summary, r.content))) for r in rows),
-        rules.threshold)
-    if best is None:
-        return None
-    return next(r.story_id for r in rows if r.id == best[0])
+    found: dict[int, set[int]] = {}
+    for chunk in _chunks(sorted(set(bands))):
+        for band, article_id in session.execute(
+                _NEIGHBOURS, {"keys": chunk, "since": now - rules.window}):
+            found.setdefault(band, set()).add(article_id)
+    return found
 
 
-def _queue_alerts(session: Session, article: Article, candidate: Candidate, rules: StoryRules,
-                  channels_for: Callable[[str], Sequence[str]], now: datetime,
-                  result: StoreResult) -> None:
+def _stored_leads(session: Session, ids: Iterable[int]
+                  ) -> dict[int, tuple[int, frozenset[int]]]:
+    """Per article id, its story and the shingles of its lead."""
+    leads: dict[int, tuple[int, frozenset[int]]] = {}
+    for chunk in _chunks(sorted(ids)):
+        for row in session.execute(
+                select(Article.id, Article.story_id, Article.title, Article.summary,
+                       Article.content).where(Article.id.in_(chunk))):
+            leads[row.id] = (row.story_id, stories.lead_shingles(
+                row.title, row.summary, row.content))
+    return leads
+
+
+def find_similar_story(session: Session, sketch: Sketch, now: datetime,
+                       rules: StoryRules) -> int | None:
+    """The story of the stored article most similar to the sketch, above the threshold."""
+    leads = _stored_leads(session, _sharing(
+        sketch, _band_neighbours(session, sketch.bands, now, rules)))
+    best = stories.closest(sketch.shingles, ((i, lead[1]) for i, lead in leads.items()),
+                           rules.threshold)
+    return None if best is None else leads[best[0]][0]
+
+
+def _read_stored_stories(session: Session, stored: dict[int, _Story],
+                         new: Sequence[_NewArticle], baseline: bool, rules: StoryRules) -> None:
+    """Lock the stored stories the batch joins and read what alerting needs of them: whether
+    they are baseline, which watches alerted, and (for watches with `alert_on_update`) the
+    terms their articles matched."""
+    if not stored:
+        return
+    ids = sorted(stored)
+    for chunk in _chunks(ids):
+        # Locked, so that two processes adding copies of one story decide its alerts in turn.
+        for story_id, story_baseline in session.execute(
+                select(Story.id, Story.baseline).where(Story.id.in_(chunk))
+                .order_by(Story.id).with_for_update()):
+            stored[story_id].baseline = story_baseline
+    matching = {a.story_id for a in new if a.candidate.matches}
+    alerting = [i for i in ids if i in matching and not (baseline or stored[i].baseline)]
+    for chunk in _chunks(alerting):
+        for story_id, watch in session.execute(
+                select(Alert.story_id, Alert.watch).where(Alert.story_id.in_(chunk))):
+            stored[story_id].alerted.add(watch)
+    updating = {a.story_id for a in new
+                if any(m.watch in rules.update_watches for m in a.candidate.matches)}
+    for chunk in _chunks([i for i in alerting if i in updating]):
+        for story_id, matches in session.execute(
+                select(Article.story_id, Article.matches).where(Article.story_id.in_(chunk))):
+            for match in matches:
+                stored[story_id].terms.setdefault(match["watch"], set()).update(
+                    match["terms"])
+
+
+def _plan_alerts(article: _NewArticle, baseline: bool, rules: StoryRules) -> None:
     """One alert per story and watch: the story's first matching article alerts ("new");
     with the watch's `alert_on_update`, a copy matching a term the story's earlier articles
-    did not match alerts again ("update"). Baseline stories never alert."""
-    if article.baseline or not candidate.matches:
-        return
-    alerted = set(session.scalars(select(Alert.watch).where(Alert.story_id == article.story_id)))
-    known_terms = (_story_terms(session, article) if alerted & rules.update_watches else {})
-    for match in candidate.matches:
-        if match.watch not in alerted:
-            kind = "new"
-        elif (match.watch in rules.update_watches
-              and set(match.terms) - known_terms.get(match.watch, set())):
-            kind = "update"
-        else:
-            continue
-        alert = Alert(watch=match.watch, kind=kind, article_id=article.id,
-                      story_id=article.story_id, matched=list(match.terms), created_at=now)
-        session.add(alert)
-        metrics.record_match(match.watch)
-        result.alerts += 1
-        for channel in channels_for(match.watch):
-            # Linked through the relationship: the unit of work fills in alert_id.
-            session.add(Delivery(alert=alert, channel=channel,
-                                 message_id=new_message_id(), state="pending",
-                                 next_attempt_at=now, created_at=now))
-            result.deliveries += 1
-
-
-def _story_terms(session: Session, article: Article) -> dict[str, set[str]]:
-    """Per watch, the terms the story's other articles matched."""
-    terms: dict[str, set[str]] = {}
-    for matches in session.scalars(select(Article.matches).where(
-            Article.story_id == article.story_id, Article.id != article.id)):
+    did not match alerts again ("update"). Baseline stories never alert; a copy of a
+    baseline article is baseline too."""
+    story = article.story
+    assert story is not None
+    article.baseline = baseline or story.baseline
+    matches = article.candidate.matches
+    if not article.baseline:
         for match in matches:
-            terms.setdefault(match["watch"], set()).update(match["terms"])
-    return terms
+            if match.watch not in story.alerted:
+                article.alerts.append((match, "new"))
+            elif (match.watch in rules.update_watches
+                  and set(match.terms) - story.terms.get(match.watch, set())):
+                article.alerts.append((match, "update"))
+        story.alerted.update(match.watch for match, _kind in article.alerts)
+    for match in matches:
+        story.terms.setdefault(match.watch, set()).update(match.terms)
+
+
+def _insert_articles(session: Session, feed_id: int | None, origin: str,
+                     new: Sequence[_NewArticle], now: datetime) -> list[str]:
+    """Insert the new stories, articles and band keys. A canonical link another process
+    stored meanwhile is not inserted: then nothing is, and those links are returned."""
+    savepoint = session.begin_nested()
+    # Each story the batch starts, once (later articles of the batch may join it).
+    started = list({id(a.story): a.story for a in new
+                    if a.story is not None and a.story.id is None}.values())
+    if started:
+        ids = session.scalars(
+            insert(Story.__table__).returning(Story.__table__.c.id,
+                                              sort_by_parameter_order=True),
+            [{"title": s.title, "baseline": s.baseline, "created_at": now, "updated_at": now}
+             for s in started]).all()
+        for story, story_id in zip(started, ids, strict=True):
+            story.id = story_id
+    joined = sorted({a.story_id for a in new if a.story_id is not None}
+                    - {s.id for s in started})
+    for chunk in _chunks(joined):
+        session.execute(update(Story.__table__).where(Story.__table__.c.id.in_(chunk))
+                        .values(updated_at=now))
+    articles = Article.__table__
+    rows = session.execute(
+        _insert(session)(articles)
+        .on_conflict_do_nothing(index_elements=["canonical_link"])
+        .returning(articles.c.id, articles.c.canonical_link, articles.c.fingerprint),
+        [_article_row(a, feed_id, origin, now) for a in new]).all()
+    inserted = {_identity(link, fingerprint): id_ for id_, link, fingerprint in rows}
+    if len(inserted) < len(new):
+        savepoint.rollback()
+        return [a.candidate.canonical_link for a in new
+                if a.identity not in inserted and a.candidate.canonical_link]
+    savepoint.commit()
+    for article in new:
+        article.id = inserted[article.identity]
+    # In key order: each row goes into two B-trees by band key, and sorted rows land on
+    # neighbouring pages instead of one random page each.
+    bands = sorted(({"band": band, "article_id": a.id, "baseline": a.baseline}
+                    for a in new for band in a.candidate.sketch.bands),
+                   key=lambda row: row["band"])
+    if bands:
+        session.execute(insert(ArticleBand.__table__), bands)
+    return []
+
+
+def _article_row(article: _NewArticle, feed_id: int | None, origin: str,
+                 now: datetime) -> dict[str, Any]:
+    candidate, entry = article.candidate, article.candidate.entry
+    return {
+        "feed_id": feed_id, "origin": origin, "story_id": article.story_id,
+        "link": entry.link, "canonical_link": candidate.canonical_link,
+        "fingerprint": candidate.fingerprint, "title": entry.title, "summary": entry.summary,
+        "content": entry.content, "author": entry.author, "language": candidate.language,
+        "match_key": candidate.match_key, "matches": [m.as_dict() for m in candidate.matches],
+        "baseline": article.baseline, "published": entry.published, "fetched": now,
+    }
+
+
+def _insert_alerts(session: Session, new: Sequence[_NewArticle],
+                   channels_for: Callable[[str], Sequence[str]], now: datetime,
+                   result: StoreResult) -> None:
+    """The planned alerts and, per alert, one outbox row for each channel of its watch."""
+    planned = [(a, match, kind) for a in new for match, kind in a.alerts]
+    if not planned:
+        return
+    alerts = Alert.__table__
+    ids = session.scalars(
+        insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True),
+        [{"watch": match.watch, "kind": kind, "article_id": a.id, "story_id": a.story_id,
+          "matched": list(match.terms), "created_at": now}
+         for a, match, kind in planned]).all()
+    deliveries = []
+    for (_article, match, _kind), alert_id in zip(planned, ids, strict=True):
+        metrics.record_match(match.watch)
+        deliveries.extend(
+            {"alert_id": alert_id, "channel": channel, "message_id": new_message_id(),
+             "state": "pending", "next_attempt_at": now, "created_at": now}
+            for channel in channels_for(match.watch))
+    if deliveries:
+        session.execute(insert(Delivery.__table__), deliveries)
+    result.alerts += len(planned)
+    result.deliveries += len(deliveries)
 
 
 def story_sources(session: Session, story_id: int) -> list[str]:

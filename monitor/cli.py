@@ -126,9 +126,11 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from monitor.scheduler import Daemon
+    from monitor.scheduler import Daemon, limit_malloc_arenas
     from monitor.service import process_owner
     from monitor.store.lock import single_daemon
+
+    limit_malloc_arenas()
 
     async def main() -> int:
         monitor = _monitor(config)

@@ -266,7 +266,8 @@ class Refresher:
 
     @staticmethod
     def _deferred(feed: FeedState, wait: float) -> Release:
-        """Give the feed back unfetched: its host is busy or asked for a pause."""
+        """Give the feed back unfetched: its host is busy or asked for a pause, or its lease
+        was spent waiting."""
         return Release(feed.id, {"next_check_at": datetime.now(UTC) + timedelta(seconds=wait)})
 
     async def _failed(self, feed: FeedState, interval: float, fetched: Fetched, reason: str,

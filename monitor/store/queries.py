@@ -135,11 +135,11 @@ def pause_host(session: Session | Connection, host: str, until: datetime) -> int
 
 def release_feed(session: Session | Connection, feed_id: int, owner: str, *,
                  next_check_at: datetime, **changes: object) -> None:
-    """Record a refresh's outcome on the feed row and give up the lease."""
-    session.execute(
-        update(Feed).where(Feed.id == feed_id, Feed.lease_owner == owner)
-        .values(lease_owner=None, lease_until=None, next_check_at=next_check_at, **changes)
-    )
+    """Record a refresh's outcome on the feed row and give up the lease (`release_feeds`
+    for one feed, in the session's transaction)."""
+    connection = session.connection() if isinstance(session, Session) else session
+    release_feeds(connection, owner,
+                  [Release(feed_id, {"next_check_at": next_check_at, **changes})])
 
 
 # Keeps each IN (...) list well under SQLite's limit on bound parameters.

@@ -9,9 +9,11 @@ are recorded on the feed row and logged with the feed's name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from monitor.articles import Candidate, prepare
 from monitor.config import ScheduleConfig
 from monitor.fetch import Fetched, Fetcher, HostGate, Validators
-from monitor.parse import NotAFeed, ParsedFeed, parse_feed
+from monitor.parse import Entry, NotAFeed, ParsedFeed, parse_feed
 from monitor.store.database import Database
 from monitor.store.queries import (
     FeedState,
@@ -167,6 +169,13 @@ class Refresher:
         # share one semaphore between successive Refreshers.
         self.slots = slots or asyncio.Semaphore(fetcher.config.concurrency)
         self.releases = ReleaseBatcher(db, owner)
+        # Per feed id, the hashes of the entry keys of its last document that we stored: a
+        # changed feed usually adds an entry or two to a document of old ones, and these are
+        # left unprepared. Only a guess (another daemon may have refreshed the feed since,
+        # retention may have removed an entry): `store_candidates` checks it against
+        # feed_entries and prepares what is not carried after all. Hashes in an array, not
+        # the keys in a set: a few bytes per entry for thousands of feeds.
+        self._carried: dict[int, array[int]] = {}
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
         async with self.slots:
@@ -220,25 +229,37 @@ class Refresher:
                               alerts=stored.alerts, elapsed=fetched.elapsed), None
 
     def _parse_and_prepare(self, feed: FeedState,
-                           fetched: Fetched) -> tuple[ParsedFeed, list[Candidate]]:
+                           fetched: Fetched) -> tuple[ParsedFeed, list[Candidate | Entry]]:
+        """The parsed document and its entries, prepared but for those the feed most likely
+        carried already (left as they are, for `store_candidates` to check)."""
         parsed = parse_feed(fetched.body, fetched.headers, fetched.url)
-        return parsed, [prepare(e, feed.name, self.matcher) for e in parsed.entries]
+        carried = set(self._carried.get(feed.id, ()))
+        return parsed, [e if hash(e.key) in carried else self._prepare(feed, e)
+                        for e in parsed.entries]
+
+    def _prepare(self, feed: FeedState, entry: Entry) -> Candidate:
+        return prepare(entry, feed.name, self.matcher)
 
     def _store(self, feed: FeedState, interval: float, fetched: Fetched, parsed: ParsedFeed,
-               candidates: list[Candidate], now: datetime) -> StoreResult:
+               candidates: list[Candidate | Entry], now: datetime) -> StoreResult:
         planned = planned_interval(
             interval, self.schedule,
             [parsed.ttl_seconds, parsed.update_period_seconds, fetched.max_age],
             [e.published for e in parsed.entries if e.published], now)
+        # Dropped first: should this store fail, what the feed carries is unknown.
+        self._carried.pop(feed.id, None)
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
-                                      now=now, rules=self.rules)
+                                      now=now, rules=self.rules,
+                                      prepare=functools.partial(self._prepare, feed))
             changes = self._success_changes(feed, planned, fetched, now,
                                             body_hash=fetched.body_hash)
             if parsed.problem:  # entries were kept; the problem is still worth showing
                 changes["last_error"] = f"malformed: {parsed.problem}"
             release_feed(session, feed.id, self.owner, **changes)
+        # Committed: every entry of the document is now carried (old, or recorded just now).
+        self._carried[feed.id] = array("q", {hash(e.key) for e in parsed.entries})
         return result
 
     def _success_changes(self, feed: FeedState, planned: float, fetched: Fetched,

@@ -11,15 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+import monitor.refresh
+from monitor.articles import Candidate, prepare
 from monitor.config import load_config, load_secrets
+from monitor.parse import Entry
 from monitor.refresh import RefreshOutcome, ReleaseBatcher
 from monitor.service import Monitor
 from monitor.store.database import Database
-from monitor.store.models import Article, Feed
+from monitor.store.models import Article, Feed, FeedEntry
 from monitor.store.queries import Release
+from monitor.text.match import Matcher
 from tests.conftest import write_config
 from tests.servers import FeedServer, Route, rss
 
@@ -252,3 +256,67 @@ def test_a_feed_whose_lease_was_spent_waiting_is_given_back_unfetched(
     assert feed_server.hits("/f") == 1
     row = feed_row(monitor, "f")
     assert (row.lease_owner, row.lease_until) == (None, None)
+
+
+def test_entries_the_feed_carried_are_not_prepared_again(
+        tmp_path: Path, db_url: str, feed_server: FeedServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed feed prepares only its new entries; the old ones are still marked as carried
+    (last_seen) and skipped. A wrong guess (the feed no longer carries an entry it carried at
+    our last refresh) costs a late prepare, never an article."""
+    prepared: list[str] = []
+
+    def spy(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
+        prepared.append(entry.key)
+        return prepare(entry, feed_name, matcher)
+
+    monkeypatch.setattr(monitor.refresh, "prepare", spy)
+
+    def key(n: int) -> str:
+        return f"guid:tag:example.org,2026:{n}"
+
+    items = {n: {"title": f"خبر شماره {n} درباره موضوعی جدا", "guid": f"tag:example.org,2026:{n}",
+                 "description": f"متن خبر {n} " + "واژه " * n} for n in range(1, 5)}
+    url = feed_server.set_feed("/f", rss([items[1], items[2]]))
+    app = make_monitor(tmp_path, db_url, {"f": url})
+
+    def entries() -> dict[str, tuple[datetime, datetime | None]]:
+        with app.db.session() as session:
+            return {key: (first, last) for key, first, last in session.execute(
+                select(FeedEntry.entry_key, FeedEntry.first_seen, FeedEntry.last_seen))}
+
+    async def run() -> list[tuple[RefreshOutcome, list[str], dict[str, tuple]]]:
+        steps = []
+        for document in ([1, 2], [3, 1, 2], [4, 3, 1]):
+            feed_server.set_feed("/f", rss([items[n] for n in document]))
+            prepared.clear()
+            [outcome] = await app.refresh_feeds(due_only=False)
+            steps.append((outcome, list(prepared), entries()))
+            if document == [3, 1, 2]:
+                # As if retention or another daemon had dropped what we remember.
+                with app.db.session() as session:
+                    session.execute(delete(FeedEntry).where(FeedEntry.entry_key == key(1)))
+        await app.close()
+        return steps
+
+    first, second, third = asyncio.run(run())
+    assert first[0].new_articles == 2 and first[1] == [key(1), key(2)]
+
+    outcome, keys, seen = second
+    assert keys == [key(3)]  # 1 and 2 were carried: not prepared again
+    assert (outcome.result, outcome.entries, outcome.new_articles, outcome.duplicates) == \
+        ("stored", 3, 1, 0)
+    stored_at = seen[key(3)][0]
+    assert seen[key(1)][1] == seen[key(2)][1] == stored_at  # still touched
+    assert seen[key(1)][0] == seen[key(2)][0] == first[2][key(1)][0] < stored_at
+
+    outcome, keys, seen = third
+    # 3 is carried; 1 was guessed carried, found not to be and prepared while storing: it
+    # is the article stored at the first refresh again (same text), recorded anew.
+    assert keys == [key(4), key(1)]
+    assert (outcome.entries, outcome.new_articles, outcome.duplicates) == (3, 1, 1)
+    assert set(seen) == {key(1), key(2), key(3), key(4)}
+    assert seen[key(3)][1] == seen[key(4)][0] == seen[key(1)][0]
+    with app.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Article)
+                              .where(Article.origin == "f")) == 4

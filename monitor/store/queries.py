@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from monitor import metrics, stories
 from monitor.articles import Candidate
 from monitor.config import FeedConfig
+from monitor.parse import Entry
 from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
 from monitor.stories import DEFAULT_RULES, Sketch, StoryRules
 from monitor.text.match import Match
@@ -225,14 +226,20 @@ def store_candidates(
     *,
     feed_id: int | None,
     origin: str,
-    candidates: Sequence[Candidate],
+    candidates: Sequence[Candidate | Entry],
     channels_for: Callable[[str], Sequence[str]],
     now: datetime,
     baseline: bool = False,
     rules: StoryRules = DEFAULT_RULES,
+    prepare: Callable[[Entry], Candidate] | None = None,
 ) -> StoreResult:
     """Store new articles, each in its story, and in the same transaction their alerts and
     outbox rows.
+
+    A bare `Entry` among the candidates is one the caller expects the feed to have carried
+    before and left unprepared (preparing is most of the cost of an old entry); should the
+    feed not carry it, it is prepared here with `prepare`, so a wrong guess costs time, never
+    an article.
 
     An entry the feed carried before is skipped; an item that is a stored article (the one
     at its canonical link, or for an item without a link the one with the same text from the
@@ -245,16 +252,21 @@ def store_candidates(
     as if that one were stored already), then one multi-row INSERT per table.
     """
     result = StoreResult()
-    keys = list(dict.fromkeys(c.entry.key for c in candidates))
+    keys = list(dict.fromkeys(_entry_of(c).key for c in candidates))
     carried = _carried_keys(session, feed_id, keys) if feed_id is not None else set()
     fresh: list[Candidate] = []
     seen = set(carried)
     for candidate in candidates:
-        if candidate.entry.key in seen:
+        key = _entry_of(candidate).key
+        if key in seen:
             result.already_seen += 1
             continue
         if feed_id is not None:
-            seen.add(candidate.entry.key)
+            seen.add(key)
+        if isinstance(candidate, Entry):
+            if prepare is None:
+                raise ValueError(f"entry {key!r} is not carried and cannot be prepared")
+            candidate = prepare(candidate)
         fresh.append(candidate)
     linked, same_text = _stored_articles(session, origin, fresh)
     locked = False
@@ -289,6 +301,10 @@ def store_candidates(
     if feed_id is not None and carried:
         touch_feed_entries(session, feed_id, sorted(carried), now)
     return result
+
+
+def _entry_of(candidate: Candidate | Entry) -> Entry:
+    return candidate if isinstance(candidate, Entry) else candidate.entry
 
 
 def _stored_articles(session: Session, origin: str, fresh: Sequence[Candidate]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Connection, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, Update, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,7 @@ from monitor.text.match import Match
 
 # Any constant; the same in every monitor process ("stories" in ASCII).
 _STORY_LOCK_KEY = 0x73746F72696573
+_STORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 @dataclass(frozen=True)
@@ -153,34 +155,91 @@ def _chunks(values: Sequence[_T]) -> Iterable[Sequence[_T]]:
     return (values[start:start + _CHUNK] for start in range(0, len(values), _CHUNK))
 
 
-def _carried_keys(session: Session, feed_id: int, keys: Sequence[str]) -> set[str]:
-    """Which of these entry keys the feed carried before (one query, not one per entry:
-    in a steady cycle most entries of a changed feed are old)."""
+# The statements a store runs for every changed feed, built once from the tables (not the
+# ORM classes) and run on the session's Connection: building a statement, computing its
+# cache key and going through the ORM's execute path cost more than running the statement.
+# An expanding bind parameter takes each chunk of an IN (...) list.
+_entries = FeedEntry.__table__
+_articles = Article.__table__
+_bands = ArticleBand.__table__
+_stories = Story.__table__
+_alerts = Alert.__table__
+_feeds = Feed.__table__
+
+# Marks the entries of a parsed document the feed carried before as still carried (for
+# retention), and names them: one statement both finds and touches them.
+_TOUCH_CARRIED = (update(_entries)
+                  .where(_entries.c.feed_id == bindparam("feed"),
+                         _entries.c.entry_key.in_(bindparam("keys", expanding=True)))
+                  .values(last_seen=bindparam("now"))
+                  .returning(_entries.c.entry_key))
+_ARTICLES_AT = select(_articles.c.id, _articles.c.canonical_link).where(
+    _articles.c.canonical_link.in_(bindparam("links", expanding=True)))
+_ARTICLES_WITH_TEXT = (
+    select(_articles.c.fingerprint, _articles.c.id)
+    .where(_articles.c.fingerprint.in_(bindparam("fingerprints", expanding=True)),
+           _articles.c.origin == bindparam("origin"))
+    .order_by(_articles.c.id))
+_STORIES_BY_TEXT = (
+    select(_articles.c.fingerprint, _articles.c.story_id)
+    .where(_articles.c.fingerprint.in_(bindparam("fingerprints", expanding=True)),
+           or_(_articles.c.baseline.is_(True), _articles.c.fetched >= bindparam("since")))
+    .order_by(_articles.c.id))
+_LEADS = select(_articles.c.id, _articles.c.story_id, _articles.c.title, _articles.c.summary,
+                _articles.c.content).where(_articles.c.id.in_(bindparam("ids", expanding=True)))
+_LOCK_STORED_STORIES = (select(_stories.c.id, _stories.c.baseline)
+                        .where(_stories.c.id.in_(bindparam("ids", expanding=True)))
+                        .order_by(_stories.c.id).with_for_update())
+_ALERTED_WATCHES = select(_alerts.c.story_id, _alerts.c.watch).where(
+    _alerts.c.story_id.in_(bindparam("ids", expanding=True)))
+_MATCHED_TERMS = select(_articles.c.story_id, _articles.c.matches).where(
+    _articles.c.story_id.in_(bindparam("ids", expanding=True)))
+_INSERT_STORIES = insert(_stories).returning(_stories.c.id, sort_by_parameter_order=True)
+_TOUCH_STORIES = (update(_stories).where(_stories.c.id.in_(bindparam("ids", expanding=True)))
+                  .values(updated_at=bindparam("now")))
+_INSERT_ARTICLES = {
+    name: dialect_insert(_articles)
+    .on_conflict_do_nothing(index_elements=["canonical_link"])
+    .returning(_articles.c.id, _articles.c.canonical_link, _articles.c.fingerprint)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+_INSERT_BANDS = insert(_bands)
+_INSERT_ENTRIES = insert(_entries)
+_INSERT_ALERTS = insert(_alerts).returning(_alerts.c.id, sort_by_parameter_order=True)
+_INSERT_DELIVERIES = insert(Delivery.__table__)
+
+
+def _connection(session: Session | Connection) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
+
+
+def _touch_carried(connection: Connection, feed_id: int, keys: Sequence[str],
+                   now: datetime) -> set[str]:
+    """Which of these entry keys the feed carried before, each marked as seen `now` (one
+    statement, not one per entry: in a steady cycle most entries of a changed feed are
+    old)."""
     found: set[str] = set()
     for chunk in _chunks(keys):
-        found.update(session.scalars(select(FeedEntry.entry_key).where(
-            FeedEntry.feed_id == feed_id, FeedEntry.entry_key.in_(chunk))))
+        found.update(connection.scalars(
+            _TOUCH_CARRIED, {"feed": feed_id, "keys": chunk, "now": now}))
     return found
 
 
-def _articles_at(session: Session, links: Sequence[str]) -> dict[str, int]:
+def _articles_at(connection: Connection, links: Sequence[str]) -> dict[str, int]:
     """The ids of the stored articles at these canonical links, by link."""
     found: dict[str, int] = {}
     for chunk in _chunks(links):
-        found.update((link, id_) for id_, link in session.execute(
-            select(Article.id, Article.canonical_link).where(Article.canonical_link.in_(chunk))))
+        found.update((link, id_) for id_, link in connection.execute(
+            _ARTICLES_AT, {"links": chunk}))
     return found
 
 
-def _articles_with_text(session: Session, origin: str,
+def _articles_with_text(connection: Connection, origin: str,
                         fingerprints: Sequence[str]) -> dict[str, int]:
     """Per fingerprint, the id of the first stored article from `origin` with that text."""
     found: dict[str, int] = {}
     for chunk in _chunks(fingerprints):
-        for fingerprint, id_ in session.execute(
-                select(Article.fingerprint, Article.id)
-                .where(Article.fingerprint.in_(chunk), Article.origin == origin)
-                .order_by(Article.id)):
+        for fingerprint, id_ in connection.execute(
+                _ARTICLES_WITH_TEXT, {"fingerprints": chunk, "origin": origin}):
             found.setdefault(fingerprint, id_)
     return found
 
@@ -222,7 +281,7 @@ def _identity(link: str | None, fingerprint: str) -> tuple[str | None, str | Non
 
 
 def store_candidates(
-    session: Session,
+    session: Session | Connection,
     *,
     feed_id: int | None,
     origin: str,
@@ -252,8 +311,10 @@ def store_candidates(
     as if that one were stored already), then one multi-row INSERT per table.
     """
     result = StoreResult()
+    connection = _connection(session)
     keys = list(dict.fromkeys(_entry_of(c).key for c in candidates))
-    carried = _carried_keys(session, feed_id, keys) if feed_id is not None else set()
+    carried = (_touch_carried(connection, feed_id, keys, now) if feed_id is not None
+               else set())
     fresh: list[Candidate] = []
     seen = set(carried)
     for candidate in candidates:
@@ -268,7 +329,7 @@ def store_candidates(
                 raise ValueError(f"entry {key!r} is not carried and cannot be prepared")
             candidate = prepare(candidate)
         fresh.append(candidate)
-    linked, same_text = _stored_articles(session, origin, fresh)
+    linked, same_text = _stored_articles(connection, origin, fresh)
     locked = False
     while True:
         entries, new = _sort_out(fresh, linked, same_text)
@@ -276,30 +337,28 @@ def store_candidates(
             break
         if not locked:
             locked = True
-            if _lock_stories(session):
+            if _lock_stories(connection):
                 # Another process may have stored some of these while we waited.
-                linked, same_text = _stored_articles(session, origin, fresh)
+                linked, same_text = _stored_articles(connection, origin, fresh)
                 continue
-        _assign_stories(session, new, now, baseline, rules)
-        conflicts = _insert_articles(session, feed_id, origin, new, now)
+        _assign_stories(connection, new, now, baseline, rules)
+        conflicts = _insert_articles(connection, feed_id, origin, new, now)
         if not conflicts:
             break
         # Another process stored these links a moment ago (its insert was not yet
         # committed when we looked): its articles are the ones, so decide again.
-        found = _articles_at(session, conflicts)
+        found = _articles_at(connection, conflicts)
         if len(found) < len(conflicts):
             raise RuntimeError(f"canonical links neither insertable nor stored: {conflicts}")
         linked.update(found)
     result.new_articles = len(new)
     result.duplicates = len(fresh) - len(new)
     if feed_id is not None and entries:
-        session.execute(insert(FeedEntry.__table__), [
+        connection.execute(_INSERT_ENTRIES, [
             {"feed_id": feed_id, "entry_key": key, "first_seen": now, "last_seen": now,
              "article_id": article if isinstance(article, int) else article.id}
             for key, article in entries])
-    _insert_alerts(session, new, channels_for, now, result)
-    if feed_id is not None and carried:
-        touch_feed_entries(session, feed_id, sorted(carried), now)
+    _insert_alerts(connection, new, channels_for, now, result)
     return result
 
 
@@ -307,13 +366,13 @@ def _entry_of(candidate: Candidate | Entry) -> Entry:
     return candidate if isinstance(candidate, Entry) else candidate.entry
 
 
-def _stored_articles(session: Session, origin: str, fresh: Sequence[Candidate]
+def _stored_articles(connection: Connection, origin: str, fresh: Sequence[Candidate]
                      ) -> tuple[dict[str, int], dict[str, int]]:
     """The stored articles these items may be: by canonical link, and (for the items
     without a link) by the text from the same origin."""
-    return (_articles_at(session, list(dict.fromkeys(
+    return (_articles_at(connection, list(dict.fromkeys(
                 c.canonical_link for c in fresh if c.canonical_link))),
-            _articles_with_text(session, origin, list(dict.fromkeys(
+            _articles_with_text(connection, origin, list(dict.fromkeys(
                 c.fingerprint for c in fresh if not c.canonical_link))))
 
 
@@ -342,28 +401,18 @@ def _sort_out(fresh: Sequence[Candidate], linked: dict[str, int], same_text: dic
     return entries, new
 
 
-def touch_feed_entries(session: Session, feed_id: int, keys: Sequence[str],
-                       now: datetime) -> None:
-    """Mark the entries of a parsed document as still carried by the feed (retention)."""
-    for chunk in _chunks(keys):
-        session.execute(update(FeedEntry)
-                        .where(FeedEntry.feed_id == feed_id,
-                               FeedEntry.entry_key.in_(chunk))
-                        .values(last_seen=now).execution_options(synchronize_session=False))
-
-
-def _lock_stories(session: Session) -> bool:
+def _lock_stories(connection: Connection) -> bool:
     """Take turns assigning stories: two feeds refreshed at once that carry copies of one
     story must not each start it (and each alert). SQLite's write lock already serializes
     writers; on PostgreSQL a transaction-scoped advisory lock does, until commit. True when
     the lock was taken here, so that what was read before it may be out of date."""
-    if session.get_bind().dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql":
         return False
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK_KEY})
+    connection.execute(_STORY_LOCK, {"key": _STORY_LOCK_KEY})
     return True
 
 
-def _assign_stories(session: Session, new: Sequence[_NewArticle], now: datetime,
+def _assign_stories(connection: Connection, new: Sequence[_NewArticle], now: datetime,
                     baseline: bool, rules: StoryRules) -> None:
     """Give each new article, in order, its story and its alerts.
 
@@ -372,12 +421,12 @@ def _assign_stories(session: Session, new: Sequence[_NewArticle], now: datetime,
     Old articles are left alone even with the same text: a headline-only item that recurs
     daily is news daily.
     """
-    by_text = _stories_by_text(session, [a.candidate.fingerprint for a in new],
+    by_text = _stories_by_text(connection, [a.candidate.fingerprint for a in new],
                                now - rules.window)
-    neighbours = _band_neighbours(session, [
+    neighbours = _band_neighbours(connection, [
         band for a in new if a.candidate.fingerprint not in by_text
         for band in a.candidate.sketch.bands], now, rules)
-    leads = _stored_leads(session, {i for ids in neighbours.values() for i in ids})
+    leads = _stored_leads(connection, {i for ids in neighbours.values() for i in ids})
     stored: dict[int, _Story] = {}
     batch_by_text: dict[str, _Story] = {}
     batch_bands: dict[int, list[int]] = {}  # band key -> indexes into `new`
@@ -406,7 +455,7 @@ def _assign_stories(session: Session, new: Sequence[_NewArticle], now: datetime,
         batch_by_text.setdefault(article.candidate.fingerprint, story)
         for band in sketch.bands:
             batch_bands.setdefault(band, []).append(index)
-    _read_stored_stories(session, stored, new, baseline, rules)
+    _read_stored_stories(connection, stored, new, baseline, rules)
     for article in new:
         _plan_alerts(article, baseline, rules)
 
@@ -416,32 +465,29 @@ def _sharing(sketch: Sketch, by_band: dict[int, Any]) -> set[Any]:
     return {found for band in sketch.bands for found in by_band.get(band, ())}
 
 
-def _stories_by_text(session: Session, fingerprints: Sequence[str],
+def _stories_by_text(connection: Connection, fingerprints: Sequence[str],
                      since: datetime) -> dict[str, int]:
     """Per fingerprint, the story of the first baseline or recent article with that text."""
     found: dict[str, int] = {}
     for chunk in _chunks(list(dict.fromkeys(fingerprints))):
-        for fingerprint, story_id in session.execute(
-                select(Article.fingerprint, Article.story_id)
-                .where(Article.fingerprint.in_(chunk),
-                       or_(Article.baseline.is_(True), Article.fetched >= since))
-                .order_by(Article.id)):
+        for fingerprint, story_id in connection.execute(
+                _STORIES_BY_TEXT, {"fingerprints": chunk, "since": since}):
             found.setdefault(fingerprint, story_id)
     return found
 
 
 # Built once: an IN (...) of hundreds of keys costs more to construct than to run.
 # `article_id >= NULL` (nothing recent) selects nothing.
-_FIRST_RECENT = (select(Article.id).where(Article.fetched >= bindparam("since"))
-                 .order_by(Article.fetched).limit(1).scalar_subquery())
-_NEIGHBOURS = select(ArticleBand.band, ArticleBand.article_id).where(
-    ArticleBand.baseline.is_(True), ArticleBand.band.in_(bindparam("keys", expanding=True))
-).union_all(select(ArticleBand.band, ArticleBand.article_id).where(
-    ArticleBand.band.in_(bindparam("keys", expanding=True)),
-    ArticleBand.article_id >= _FIRST_RECENT))
+_FIRST_RECENT = (select(_articles.c.id).where(_articles.c.fetched >= bindparam("since"))
+                 .order_by(_articles.c.fetched).limit(1).scalar_subquery())
+_NEIGHBOURS = select(_bands.c.band, _bands.c.article_id).where(
+    _bands.c.baseline.is_(True), _bands.c.band.in_(bindparam("keys", expanding=True))
+).union_all(select(_bands.c.band, _bands.c.article_id).where(
+    _bands.c.band.in_(bindparam("keys", expanding=True)),
+    _bands.c.article_id >= _FIRST_RECENT))
 
 
-def _band_neighbours(session: Session, bands: Iterable[int], now: datetime,
+def _band_neighbours(connection: Connection, bands: Iterable[int], now: datetime,
                      rules: StoryRules) -> dict[int, set[int]]:
     """Per band key, the ids of the articles worth comparing that share it.
 
@@ -451,36 +497,35 @@ def _band_neighbours(session: Session, bands: Iterable[int], now: datetime,
     """
     found: dict[int, set[int]] = {}
     for chunk in _chunks(sorted(set(bands))):
-        for band, article_id in session.execute(
+        for band, article_id in connection.execute(
                 _NEIGHBOURS, {"keys": chunk, "since": now - rules.window}):
             found.setdefault(band, set()).add(article_id)
     return found
 
 
-def _stored_leads(session: Session, ids: Iterable[int]
+def _stored_leads(connection: Connection, ids: Iterable[int]
                   ) -> dict[int, tuple[int, frozenset[int]]]:
     """Per article id, its story and the shingles of its lead."""
     leads: dict[int, tuple[int, frozenset[int]]] = {}
     for chunk in _chunks(sorted(ids)):
-        for row in session.execute(
-                select(Article.id, Article.story_id, Article.title, Article.summary,
-                       Article.content).where(Article.id.in_(chunk))):
+        for row in connection.execute(_LEADS, {"ids": chunk}):
             leads[row.id] = (row.story_id, stories.lead_shingles(
                 row.title, row.summary, row.content))
     return leads
 
 
-def find_similar_story(session: Session, sketch: Sketch, now: datetime,
+def find_similar_story(session: Session | Connection, sketch: Sketch, now: datetime,
                        rules: StoryRules) -> int | None:
     """The story of the stored article most similar to the sketch, above the threshold."""
-    leads = _stored_leads(session, _sharing(
-        sketch, _band_neighbours(session, sketch.bands, now, rules)))
+    connection = _connection(session)
+    leads = _stored_leads(connection, _sharing(
+        sketch, _band_neighbours(connection, sketch.bands, now, rules)))
     best = stories.closest(sketch.shingles, ((i, lead[1]) for i, lead in leads.items()),
                            rules.threshold)
     return None if best is None else leads[best[0]][0]
 
 
-def _read_stored_stories(session: Session, stored: dict[int, _Story],
+def _read_stored_stories(connection: Connection, stored: dict[int, _Story],
                          new: Sequence[_NewArticle], baseline: bool, rules: StoryRules) -> None:
     """Lock the stored stories the batch joins and read what alerting needs of them: whether
     they are baseline, which watches alerted, and (for watches with `alert_on_update`) the
@@ -490,21 +535,18 @@ def _read_stored_stories(session: Session, stored: dict[int, _Story],
     ids = sorted(stored)
     for chunk in _chunks(ids):
         # Locked, so that two processes adding copies of one story decide its alerts in turn.
-        for story_id, story_baseline in session.execute(
-                select(Story.id, Story.baseline).where(Story.id.in_(chunk))
-                .order_by(Story.id).with_for_update()):
+        for story_id, story_baseline in connection.execute(
+                _LOCK_STORED_STORIES, {"ids": chunk}):
             stored[story_id].baseline = story_baseline
     matching = {a.story_id for a in new if a.candidate.matches}
     alerting = [i for i in ids if i in matching and not (baseline or stored[i].baseline)]
     for chunk in _chunks(alerting):
-        for story_id, watch in session.execute(
-                select(Alert.story_id, Alert.watch).where(Alert.story_id.in_(chunk))):
+        for story_id, watch in connection.execute(_ALERTED_WATCHES, {"ids": chunk}):
             stored[story_id].alerted.add(watch)
     updating = {a.story_id for a in new
                 if any(m.watch in rules.update_watches for m in a.candidate.matches)}
     for chunk in _chunks([i for i in alerting if i in updating]):
-        for story_id, matches in session.execute(
-                select(Article.story_id, Article.matches).where(Article.story_id.in_(chunk))):
+        for story_id, matches in connection.execute(_MATCHED_TERMS, {"ids": chunk}):
             for match in matches:
                 stored[story_id].terms.setdefault(match["watch"], set()).update(
                     match["terms"])
@@ -531,33 +573,26 @@ def _plan_alerts(article: _NewArticle, baseline: bool, rules: StoryRules) -> Non
         story.terms.setdefault(match.watch, set()).update(match.terms)
 
 
-def _insert_articles(session: Session, feed_id: int | None, origin: str,
+def _insert_articles(connection: Connection, feed_id: int | None, origin: str,
                      new: Sequence[_NewArticle], now: datetime) -> list[str]:
     """Insert the new stories, articles and band keys. A canonical link another process
     stored meanwhile is not inserted: then nothing is, and those links are returned."""
-    savepoint = session.begin_nested()
+    savepoint = connection.begin_nested()
     # Each story the batch starts, once (later articles of the batch may join it).
     started = list({id(a.story): a.story for a in new
                     if a.story is not None and a.story.id is None}.values())
     if started:
-        ids = session.scalars(
-            insert(Story.__table__).returning(Story.__table__.c.id,
-                                              sort_by_parameter_order=True),
-            [{"title": s.title, "baseline": s.baseline, "created_at": now, "updated_at": now}
-             for s in started]).all()
+        ids = connection.scalars(_INSERT_STORIES, [
+            {"title": s.title, "baseline": s.baseline, "created_at": now, "updated_at": now}
+            for s in started]).all()
         for story, story_id in zip(started, ids, strict=True):
             story.id = story_id
     joined = sorted({a.story_id for a in new if a.story_id is not None}
                     - {s.id for s in started})
     for chunk in _chunks(joined):
-        session.execute(update(Story.__table__).where(Story.__table__.c.id.in_(chunk))
-                        .values(updated_at=now))
-    articles = Article.__table__
-    rows = session.execute(
-        _insert(session)(articles)
-        .on_conflict_do_nothing(index_elements=["canonical_link"])
-        .returning(articles.c.id, articles.c.canonical_link, articles.c.fingerprint),
-        [_article_row(a, feed_id, origin, now) for a in new]).all()
+        connection.execute(_TOUCH_STORIES, {"ids": chunk, "now": now})
+    rows = connection.execute(_INSERT_ARTICLES[connection.dialect.name],
+                              [_article_row(a, feed_id, origin, now) for a in new]).all()
     inserted = {_identity(link, fingerprint): id_ for id_, link, fingerprint in rows}
     if len(inserted) < len(new):
         savepoint.rollback()
@@ -572,7 +607,7 @@ def _insert_articles(session: Session, feed_id: int | None, origin: str,
                     for a in new for band in a.candidate.sketch.bands),
                    key=lambda row: row["band"])
     if bands:
-        session.execute(insert(ArticleBand.__table__), bands)
+        connection.execute(_INSERT_BANDS, bands)
     return []
 
 
@@ -589,19 +624,17 @@ def _article_row(article: _NewArticle, feed_id: int | None, origin: str,
     }
 
 
-def _insert_alerts(session: Session, new: Sequence[_NewArticle],
+def _insert_alerts(connection: Connection, new: Sequence[_NewArticle],
                    channels_for: Callable[[str], Sequence[str]], now: datetime,
                    result: StoreResult) -> None:
     """The planned alerts and, per alert, one outbox row for each channel of its watch."""
     planned = [(a, match, kind) for a in new for match, kind in a.alerts]
     if not planned:
         return
-    alerts = Alert.__table__
-    ids = session.scalars(
-        insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True),
-        [{"watch": match.watch, "kind": kind, "article_id": a.id, "story_id": a.story_id,
-          "matched": list(match.terms), "created_at": now}
-         for a, match, kind in planned]).all()
+    ids = connection.scalars(_INSERT_ALERTS, [
+        {"watch": match.watch, "kind": kind, "article_id": a.id, "story_id": a.story_id,
+         "matched": list(match.terms), "created_at": now}
+        for a, match, kind in planned]).all()
     deliveries = []
     for (_article, match, _kind), alert_id in zip(planned, ids, strict=True):
         metrics.record_match(match.watch)
@@ -610,7 +643,7 @@ def _insert_alerts(session: Session, new: Sequence[_NewArticle],
              "state": "pending", "next_attempt_at": now, "created_at": now}
             for channel in channels_for(match.watch))
     if deliveries:
-        session.execute(insert(Delivery.__table__), deliveries)
+        connection.execute(_INSERT_DELIVERIES, deliveries)
     result.alerts += len(planned)
     result.deliveries += len(deliveries)
 
@@ -674,11 +707,18 @@ def release_feeds(connection: Connection, owner: str, releases: Sequence[Release
     for release in sorted(releases, key=lambda r: r.feed_id):
         columns = tuple(sorted(release.changes))
         groups.setdefault(columns, []).append(
-            {"_feed_id": release.feed_id, **{f"_{c}": v for c, v in release.changes.items()}})
+            {"_feed_id": release.feed_id, "_owner": owner,
+             **{f"_{c}": v for c, v in release.changes.items()}})
     for columns, rows in groups.items():
-        statement = (
-            update(Feed)
-            .where(Feed.id == bindparam("_feed_id"), Feed.lease_owner == owner)
+        connection.execute(_release_statement(columns), rows)
+
+
+@functools.cache
+def _release_statement(columns: tuple[str, ...]) -> Update:
+    """The release that sets these columns, built once per set (a handful: a 304, a stored
+    document, an error, a deferral...)."""
+    return (update(_feeds)
+            .where(_feeds.c.id == bindparam("_feed_id"),
+                   _feeds.c.lease_owner == bindparam("_owner"))
             .values(lease_owner=None, lease_until=None,
                     **{c: bindparam(f"_{c}") for c in columns}))
-        connection.execute(statement, rows)

@@ -171,10 +171,10 @@ class Refresher:
         self.releases = ReleaseBatcher(db, owner)
         # Per feed id, the hashes of the entry keys of its last document that we stored: a
         # changed feed usually adds an entry or two to a document of old ones, and these are
-        # left unprepared. Only a guess (another daemon may have refreshed the feed since,
-        # retention may have removed an entry): `store_candidates` checks it against
-        # feed_entries and prepares what is not carried after all. Hashes in an array, not
-        # the keys in a set: a few bytes per entry for thousands of feeds.
+        # left unprepared. Only a guess (retention may have removed an entry since, two keys
+        # may share a hash): `store_candidates` checks it against feed_entries and prepares
+        # what is not carried after all. Hashes in an array, not the keys in a set: a few
+        # bytes per entry for thousands of feeds.
         self._carried: dict[int, array[int]] = {}
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
@@ -246,8 +246,6 @@ class Refresher:
             interval, self.schedule,
             [parsed.ttl_seconds, parsed.update_period_seconds, fetched.max_age],
             [e.published for e in parsed.entries if e.published], now)
-        # Dropped first: should this store fail, what the feed carries is unknown.
-        self._carried.pop(feed.id, None)
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,

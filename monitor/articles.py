@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitor.identity import canonical_link, fingerprint
+from monitor.identity import canonical_link, fingerprint_of_keys
 from monitor.parse import Entry
 from monitor.stories import Sketch, sketch
 from monitor.text.match import Match, Matcher, MatchInput
-from monitor.text.normalize import ItemKey, detect_language
+from monitor.text.normalize import ItemKey, detect_language, item_language
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,20 @@ def entry_language(entry: Entry) -> str | None:
 
 
 def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
-    body = entry.summary or entry.content
-    language = entry_language(entry)
-    key = ItemKey.of(entry.title, entry.summary, entry.content)  # once per item
+    # Each field is folded once, here; the language, fingerprint and story lead are read
+    # from these keys (each gives what it would compute from the text).
+    key = ItemKey.of(entry.title, entry.summary, entry.content)
+    body = key.summary if entry.summary else key.content  # the key of summary or content
+    language = item_language(key.title, body)
     matches = matcher.match(MatchInput(title=entry.title, summary=entry.summary,
                                        content=entry.content, feed=feed_name,
                                        language=language), key)
     return Candidate(
         entry=entry,
         canonical_link=canonical_link(entry.link),
-        fingerprint=fingerprint(entry.title, body),
+        fingerprint=fingerprint_of_keys(key.title.key, body.key),
         match_key=key.stored,
         language=language,
         matches=tuple(matches),
-        sketch=sketch(entry.title, entry.summary, entry.content),
+        sketch=sketch(entry.title, entry.summary, entry.content, key),
     )

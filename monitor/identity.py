@@ -50,5 +50,10 @@ def fingerprint(title: str, body: str) -> str:
     Spacing goes because the same words arrive with a ZWNJ, a space or nothing between
     them («همکاری‌های» / «همکاری های» / «همکاریهای»), as in the seed articles.
     """
-    folded = match_key(title).replace(" ", "") + "\n" + match_key(body).replace(" ", "")
+    return fingerprint_of_keys(match_key(title), match_key(body))
+
+
+def fingerprint_of_keys(title_key: str, body_key: str) -> str:
+    """`fingerprint` from the match keys of the title and the body."""
+    folded = title_key.replace(" ", "") + "\n" + body_key.replace(" ", "")
     return hashlib.sha256(folded.encode("utf-8")).hexdigest()[:40]

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from monitor.text.normalize import match_key
+from monitor.text.normalize import FieldKey, ItemKey, fold_words, has_markup, match_key
 
 SHINGLE_CHARS = 4
 # Headline plus about two sentences: what an RSS description carries. A full article body
@@ -83,11 +83,33 @@ _ATTRIBUTION = re.compile(
     r"^\s*(?:به\s+گزارش[^،,:.\n]{0,60}[،,:]|خبرگزار[یي]\s+[^:،,\n]{1,30}[:،,])\s*")
 
 
-def lead(title: str, summary: str, content: str) -> str:
-    """The text a story is recognised by: headline + start of the body, spacing removed."""
-    body = _ATTRIBUTION.sub("", summary or content, count=1)
-    words = match_key(f"{title}\n{body}").split()
+def lead(title: str, summary: str, content: str,
+         keys: tuple[FieldKey, FieldKey] | None = None) -> str:
+    """The text a story is recognised by: headline + start of the body, spacing removed.
+
+    `keys`, the keys of the title and of the body (`summary or content`) when the caller
+    holds them, save folding the text again."""
+    source = summary or content
+    body = _ATTRIBUTION.sub("", source, count=1)
+    words = None if keys is None else _lead_words(title, source, body, *keys)
+    if words is None:
+        words = match_key(f"{title}\n{body}").split()
     return "".join(words[:LEAD_WORDS])
+
+
+def _lead_words(title: str, source: str, body: str, title_key: FieldKey,
+                source_key: FieldKey) -> list[str] | None:
+    """The first words of `match_key(f"{title}\n{body}")` taken from the fields' keys, or
+    None when those are not keys of this text. Folding is per character and the newline
+    folds to a space, so those words are the title's words, then the body's; and the
+    attribution cut from the front of the body ends in a comma, colon or space, which folds
+    to a space, so the body's words are the source's words after the attribution's."""
+    if (title_key.text is not title or source_key.text is not source
+            or has_markup(title) or has_markup(source)):
+        return None  # markup is masked, and a masked tag could span the newline
+    words = title_key.key.split(None, LEAD_WORDS)[:LEAD_WORDS]
+    skip = len(fold_words(source[:len(source) - len(body)]))
+    return words + source_key.key.split(None, skip + LEAD_WORDS)[skip:skip + LEAD_WORDS]
 
 
 def shingles(text: str) -> frozenset[int]:
@@ -97,21 +119,36 @@ def shingles(text: str) -> frozenset[int]:
                      for i in range(len(text) - SHINGLE_CHARS + 1))
 
 
+_MERSENNE_SHIFT = np.uint64(61)
+_P = np.uint64(_PRIME)
+_ROW_BYTES = ROWS * 8
+_BAND_PREFIXES = [bytes([band]) for band in range(BANDS)]
+
+
 def band_keys(shingle_set: frozenset[int]) -> tuple[int, ...]:
     """One signed 64-bit key per band of the MinHash signature (fits a BIGINT column)."""
     if not shingle_set:
         return ()
     values = np.fromiter(shingle_set, dtype=np.uint64, count=len(shingle_set))
-    # (a*x + b) mod p for every permutation at once; uint64 wrap-around is part of the hash.
+    # a*x + b for every permutation at once; uint64 wrap-around is part of the hash.
     with np.errstate(over="ignore"):
-        hashed = (np.outer(values, _A) + _B) % np.uint64(_PRIME)
-    signature = hashed.min(axis=0)
-    keys = []
-    for band in range(BANDS):
-        chunk = signature[band * ROWS:(band + 1) * ROWS].astype("<u8").tobytes()
-        digest = hashlib.blake2b(bytes([band]) + chunk, digest_size=8).digest()
-        keys.append(int.from_bytes(digest, "big", signed=True))
-    return tuple(keys)
+        hashed = values[:, None] * _A
+        hashed += _B
+    # Then mod p without numpy's slow 64-bit division: p = 2^61 - 1, so 2^61 = 1 (mod p)
+    # and y = (y >> 61) + (y & p) (mod p), a sum below 2p; min(r, r - p) then picks r - p
+    # exactly when r >= p (below p, r - p wraps around to above r).
+    reduced = hashed >> _MERSENNE_SHIFT
+    hashed &= _P
+    reduced += hashed
+    with np.errstate(over="ignore"):
+        np.subtract(reduced, _P, out=hashed)
+    np.minimum(reduced, hashed, out=reduced)
+    signature = reduced.min(axis=0).astype("<u8", copy=False).tobytes()
+    return tuple(
+        int.from_bytes(hashlib.blake2b(_BAND_PREFIXES[band]
+                                       + signature[band * _ROW_BYTES:(band + 1) * _ROW_BYTES],
+                                       digest_size=8).digest(), "big", signed=True)
+        for band in range(BANDS))
 
 
 # How many leads `lead_shingles` remembers, at about 1 KB each.
@@ -132,7 +169,8 @@ class _LeadMemo:
         self._shingles: OrderedDict[bytes, array[int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def shingles(self, title: str, body: str) -> frozenset[int]:
+    def shingles(self, title: str, body: str,
+                 keys: tuple[FieldKey, FieldKey] | None = None) -> frozenset[int]:
         key = hashlib.blake2b(f"{len(title)}:{title}{body}".encode(),
                               digest_size=16).digest()
         with self._lock:
@@ -141,7 +179,7 @@ class _LeadMemo:
                 self._shingles.move_to_end(key)
         if packed is not None:
             return frozenset(packed)
-        found = shingles(lead(title, body, ""))
+        found = shingles(lead(title, body, "", keys))
         with self._lock:
             self._shingles[key] = array("I", found)
             while len(self._shingles) > self.size:
@@ -157,8 +195,10 @@ def lead_shingles(title: str, summary: str, content: str) -> frozenset[int]:
     return _memo.shingles(title, summary or content)
 
 
-def sketch(title: str, summary: str, content: str) -> Sketch:
-    shingle_set = lead_shingles(title, summary, content)
+def sketch(title: str, summary: str, content: str, key: ItemKey | None = None) -> Sketch:
+    """The item's sketch; `key`, its keys when the caller holds them, saves folding again."""
+    keys = None if key is None else (key.title, key.summary if summary else key.content)
+    shingle_set = _memo.shingles(title, summary or content, keys)
     return Sketch(shingle_set, band_keys(shingle_set))
 
 

@@ -208,6 +208,31 @@ def test_persian_normalizer_is_hazms_normalizer() -> None:
     assert differ == []
 
 
+# Texts where each spacing pattern that `PersianNormalizer` may skip has something to do,
+# beside and without the substrings it is skipped for.
+SPACING_CASES = [
+    "\u200cسلام\u200c به \u200cهمه\u200c", "کاروان\u200c\u200cسرا", "سلام\u200c \u200cدنیا",
+    "سلام   دنیا", "دنیـــا\r", "خانه ی ما", "او می رود و نمی آید", "می روند", "کتاب ها و کشور های",
+    "بزرگ ترین و اخلال گر", "خانه ام و خانه اش", "شنبهها و جمعهها", '" سلام به همه "',
+    "به طول ۹متر و عرض۶", "نسخه 2.5 در ساعت 22:00 تهران،1396.", "سلام.دنیا ( خیلی ) !!!",
+    "نمیدانم چه میگفت", "میز و نمیمکت", "رفت\tو آمد", "آیا؟بله", "فی سبیل الله ﷲ ﻻ",
+    "\u200c", "", " ", "می", "نمی", "ها", "هها",
+]
+
+
+def test_persian_normalizer_skips_only_what_cannot_change() -> None:
+    """The patterns skipped for a missing substring, the tokenizer's padding by `split`
+    and the «می» split without a regular expression give hazm's output."""
+    from hazm import Normalizer
+
+    from monitor.text.persian import SETTINGS, PersianNormalizer
+
+    ours, hazms = PersianNormalizer(), Normalizer(**SETTINGS)
+    assert ours._token_pattern is not None  # the fast tokenizer path is the one tested
+    texts = SPACING_CASES + [a + " " + b for a in SPACING_CASES for b in SPACING_CASES[:8]]
+    assert [ours.normalize(t) for t in texts] == [hazms.normalize(t) for t in texts]
+
+
 def test_lexicons_are_hazms() -> None:
     """The words and verb forms read into the compact tables are the ones hazm loads."""
     from hazm import Lemmatizer, WordTokenizer
@@ -299,3 +324,18 @@ def test_virastar_cases_on_letters_digits_diacritics_kashida_zwnj() -> None:
     assert len(used) >= 10
     failing = [c for c in used if not _same(c["input"], c["expected"])]
     assert failing == []
+
+
+@pytest.mark.parametrize("title,body", [
+    ("سازمان همکاری اسلامی", "نشست وزیران خارجه در جده برگزار شد"),
+    ("منظمة التعاون الإسلامي", "عقد الاجتماع في جدة"),
+    ("The OIC meets", "Foreign ministers met in Jeddah on Monday."),
+    ("L'OCI se réunit", "Les ministres des affaires étrangères"),
+    ("", ""), ("تیتر", "متن " * 1000),  # beyond the 3,000 characters the detector reads
+    ("a <b", "c> في من"), ("&amp; في", "من"), ("123", "؟!"),
+])
+def test_item_language_from_keys_is_language_of_text(title: str, body: str) -> None:
+    from monitor.text.normalize import detect_language, item_language
+
+    assert item_language(FieldKey.of(title), FieldKey.of(body)) == detect_language(
+        f"{title}\n{body}")

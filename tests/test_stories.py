@@ -112,3 +112,51 @@ def test_remembered_lead_shingles_are_the_computed_ones() -> None:
     # A feed without a summary: the lead comes from the content, and so does the key.
     assert stories.lead_shingles(title, "", summary) == computed
     assert stories.sketch(title, summary, "").shingles == computed
+
+
+def _band_keys_by_definition(shingle_set: frozenset[int]) -> tuple[int, ...]:
+    """MinHash band keys in Python integers: min over the set of ((a*x + b) mod 2^64) mod p
+    per permutation, each band's rows hashed with its number."""
+    import hashlib
+
+    mask = (1 << 64) - 1
+    signature = [min(((int(a) * x + int(b)) & mask) % stories._PRIME for x in shingle_set)
+                 for a, b in zip(stories._A, stories._B, strict=True)]
+    keys = []
+    for band in range(stories.BANDS):
+        rows = signature[band * stories.ROWS:(band + 1) * stories.ROWS]
+        chunk = b"".join(r.to_bytes(8, "little") for r in rows)
+        digest = hashlib.blake2b(bytes([band]) + chunk, digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big", signed=True))
+    return tuple(keys)
+
+
+@pytest.mark.parametrize("shingle_set", [
+    frozenset({0}), frozenset({1, 2, 3}), frozenset({2**32 - 1, 7}),
+    frozenset(range(0, 2**32, 2**32 // 300)),
+    stories.shingles(stories.lead(*OPENING, "")), stories.shingles(stories.lead(*CLOSING, "")),
+])
+def test_band_keys_are_minhash_by_definition(shingle_set: frozenset[int]) -> None:
+    assert stories.band_keys(shingle_set) == _band_keys_by_definition(shingle_set)
+
+
+LEAD_CASES = [
+    ("تیتر", "به گزارش ایرنا، وزیر خارجه امروز به جده رفت.", ""),
+    ("تیتر", "خبرگزاري فارس: وزیر خارجه امروز به جده رفت.", ""),
+    ("تیتر", "به گزارش ایرنا،\u00a0\nوزیر خارجه امروز به جده رفت.", ""),
+    ("", "", "به گزارش ایرنا، متن کامل خبر " * 30),
+    ("تیتر " * 50, "خلاصه", ""),
+    ("a <b", "c> d", ""),  # markup could span the newline: the keys are not used
+    ("AT&amp;T", "<p>متن</p>", ""),
+    ("", "", ""),
+    (OPENING[0], OPENING[1], "محتوای دیگر"),
+]
+
+
+@pytest.mark.parametrize("title,summary,content", LEAD_CASES)
+def test_lead_from_item_keys_is_lead_from_text(title: str, summary: str, content: str) -> None:
+    from monitor.text.normalize import ItemKey
+
+    key = ItemKey.of(title, summary, content)
+    keys = (key.title, key.summary if summary else key.content)
+    assert stories.lead(title, summary, content, keys) == stories.lead(title, summary, content)

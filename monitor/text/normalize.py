@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
+from operator import methodcaller
 from typing import Any
 
 _TAG = re.compile(r"<[^<>]{0,2000}>")
@@ -201,6 +202,11 @@ def match_key(text: str | None) -> str:
     return FieldKey.of(text).key if text else ""
 
 
+def fold_words(text: str) -> list[str]:
+    """The words of `match_key(text)` for a text without markup (`has_markup`), uncached."""
+    return text.translate(_FOLD).split()
+
+
 def cased_key(text: str) -> str:
     """The match key without case folding, for case-sensitive terms."""
     return _key(text, _FOLD_CASED)
@@ -361,11 +367,12 @@ _FR_HINTS = re.compile(r"[éèêàçôùâîûëï]|\b(?:le|la|les|des|du|de|et|
 _EN_HINTS = re.compile(r"\b(?:the|of|and|to|in|for|on|with|is|by|at|from|a|an|as|its)\b")
 
 
-def detect_language(text: str) -> str | None:
+def detect_language(text: str, words: list[str] | None = None) -> str | None:
     """A coarse guess from letters and common words: 'fa', 'ar', 'en', 'fr' or None.
 
     Persian written with Arabic yeh and kaf (cp1256 feeds) is still Persian: its common
-    words decide, not its letter forms.
+    words decide, not its letter forms. A caller that already holds the words of
+    `match_key(text[:3000])` passes them, which saves folding the text again.
     """
     sample = text[:3000]
     arabic_script = len(_NOT_ARABIC_SCRIPT.sub("", sample))
@@ -373,16 +380,34 @@ def detect_language(text: str) -> str | None:
     if arabic_script == 0 and latin == 0:
         return None
     if arabic_script >= latin:
-        words = [w for w in match_key(sample).split() if not w.isascii()]
+        if words is None:
+            words = match_key(sample).split()
+        # Every listed word, and every word starting with «ال», is non-ASCII: counting over
+        # all the words gives the counts over the non-ASCII ones.
         persian = (3 * len(_PERSIAN_LETTERS.findall(sample))
                    + len(_PERSIAN_FORMS.findall(sample)) / 4
-                   + 2 * sum(w in _FA_WORDS for w in words))
+                   + 2 * sum(map(_FA_WORDS.__contains__, words)))
         arabic = (3 * len(_ARABIC_LETTERS.findall(sample))
-                  + 2 * sum(w in _AR_WORDS for w in words)
-                  + sum(w.startswith("ال") for w in words) / 2)
+                  + 2 * sum(map(_AR_WORDS.__contains__, words))
+                  + sum(map(_starts_with_al, words)) / 2)
         return "ar" if arabic > persian else "fa"
     lowered = sample.lower()
     return "fr" if len(_FR_HINTS.findall(lowered)) > len(_EN_HINTS.findall(lowered)) else "en"
+
+
+_starts_with_al = methodcaller("startswith", "ال")  # the Arabic article
+
+
+def item_language(title: FieldKey, body: FieldKey) -> str | None:
+    """`detect_language(f"{title.text}\n{body.text}")`, from the two fields' keys when they
+    are the keys of that text: folding is per character and the newline folds to a space,
+    so the words of the joined text are the title's words, then the body's. Not so when
+    the detector would cut the text (it reads 3,000 characters) or markup is masked (a
+    masked tag could span the newline)."""
+    text = f"{title.text}\n{body.text}"
+    if len(text) > 3000 or has_markup(title.text) or has_markup(body.text):
+        return detect_language(text)
+    return detect_language(text, title.key.split() + body.key.split())
 
 
 def is_right_to_left(text: str) -> bool:

@@ -45,6 +45,45 @@ _MI = ("می" + ZWNJ, "نمی" + ZWNJ)
 # The settings of the display text. Off: what would change the publisher's wording
 # (quotes, digits, emoji, repeated letters). On: letter forms, diacritics, affix ZWNJs,
 # kashida, spacing, ligatures spelled out, «می» split off verbs.
+# hazm's spacing patterns, by their source, and substrings without which each cannot match:
+# such a pattern is skipped when none of them is in the text, since its substitution would
+# change nothing. (Without a ZWNJ, `\b\u200c*\B` would need \b and \B at one position.) A
+# pattern not listed here, as after a change in hazm, is always applied.
+_NEEDLES: dict[str, tuple[str, ...]] = {
+    r" {2,}": ("  ",),
+    r"\n{3,}": ("\n\n\n",),
+    r"\u200c{2,}": (ZWNJ + ZWNJ,),
+    r"\u200c{1,} ": (ZWNJ + " ",),
+    r" \u200c{1,}": (" " + ZWNJ,),
+    r"\b\u200c*\B": (ZWNJ,),
+    r"\B\u200c*\b": (ZWNJ,),
+    r"[ـ\r]": ("ـ", "\r"),
+    "([^ ]ه) ی ": ("ه ی ",),
+    "(^| )(ن?می) ": ("می ",),
+    # (hazm writes this lookahead with a real newline and escaped brackets)
+    r"(?<=[^\n\d \.:!،؛؟»\]\)\}«\[\(\{]{2}) (تر(ین?)?|گری?|های?)"
+    "(?=[ \n\\.:!،؛؟»\\]\\)\\}«\\[\\(\\{]|$)": (" تر", " گر", " ها"),
+    r"([^ ]ه) (ا(م|یم|ش|ند|ی|ید|ت))(?=[ \n\.:!،؛؟»\]\)\}]|$)": ("ه ا",),
+    "(ه)(ها)": ("هها",),
+    '" ([^\n"]+) "': ('" ',),
+}
+
+
+def _compiled(patterns: list[tuple[str, str]]) -> list[tuple[re.Pattern[str], str,
+                                                             tuple[str, ...] | None]]:
+    return [(re.compile(pattern), replacement, _NEEDLES.get(pattern))
+            for pattern, replacement in patterns]
+
+
+def _replace_all(patterns: list[tuple[re.Pattern[str], str, tuple[str, ...] | None]],
+                 text: str) -> str:
+    """hazm's `regex_replace` on compiled patterns, skipping those that cannot match."""
+    for pattern, replacement, needles in patterns:
+        if needles is None or any(needle in text for needle in needles):
+            text = pattern.sub(replacement, text)
+    return text
+
+
 SETTINGS = {"correct_spacing": True, "persian_style": False, "persian_numbers": False,
             "remove_specials_chars": False, "decrease_repeated_chars": False,
             "remove_diacritics": True, "unicodes_replacement": True, "seperate_mi": True}
@@ -142,6 +181,22 @@ class PersianNormalizer(Normalizer):
         self._translations = maketrans(self.translation_src, self.translation_dst)
         # Any of the ligatures `unicodes_replacement` spells out (﷽ ﷲ ﻻ ...).
         self._ligature = re.compile("|".join(old for old, _ in self.replacements))
+        # hazm passes its patterns as strings to `re.sub` on every call; compiled once here.
+        self._diacritics = _compiled(self.diacritics_patterns)
+        self._extra_space = _compiled(self.extra_space_patterns)
+        self._affix_spacing = _compiled(self.affix_spacing_patterns)
+        self._punctuation_spacing = _compiled(self.punctuation_spacing_patterns)
+        self._joint_mi = re.compile(r"\bن?می[آابپتثجچحخدذرزژسشصضطظعغفقکگلمنوهی]+")
+        tokenizer = self.tokenizer
+        # The tokenizer pads each punctuation or number run with spaces through `sub(r" \1 ")`
+        # (a Python call per run on Python 3.11); its group is the whole match, so joining
+        # `split`'s pieces with spaces gives the same text. Only with the options hazm's
+        # Normalizer gives its tokenizer, which do nothing else.
+        self._token_pattern: re.Pattern[str] | None = tokenizer.pattern if not (
+            tokenizer._join_verb_parts or tokenizer._join_abbreviation
+            or tokenizer.separate_emoji or tokenizer.replace_emails or tokenizer.replace_links
+            or tokenizer.replace_ids or tokenizer.replace_hashtags
+            or tokenizer.replace_numbers) and tokenizer.pattern.groups == 1 else None
 
     def normalize(self, text: str) -> str:
         """hazm's `normalize` for `SETTINGS`, steps in hazm's order; the character table is
@@ -151,6 +206,34 @@ class PersianNormalizer(Normalizer):
         text = self.correct_spacing(text)
         text = self.unicodes_replacement(text)
         return self.seperate_mi(text)
+
+    def remove_diacritics(self, text: str) -> str:
+        return _replace_all(self._diacritics, text)
+
+    def correct_spacing(self, text: str) -> str:
+        """hazm's `correct_spacing`: its patterns compiled and skipped where they cannot
+        match, and its tokenizer's padding done by `split`."""
+        text = _replace_all(self._extra_space, text)
+        text = "\n".join(" ".join(self.token_spacing(self._tokenize(line)))
+                         for line in text.split("\n"))
+        text = _replace_all(self._affix_spacing, text)
+        return _replace_all(self._punctuation_spacing, text)
+
+    def _tokenize(self, line: str) -> list[str]:
+        if self._token_pattern is None:
+            return self.tokenizer.tokenize(line)
+        padded = " ".join(self._token_pattern.split(line.replace("\n", " ").replace("\t", " ")))
+        return [token for token in padded.split(" ") if token]
+
+    def seperate_mi(self, text: str) -> str:
+        """hazm's `seperate_mi`: «می»/«نمی» stuck to a verb is split off with a ZWNJ. (hazm
+        inserts the ZWNJ with a regular expression per candidate word.)"""
+        for word in self._joint_mi.findall(text):
+            cut = 3 if word.startswith("نمی") else 2  # the pattern's «ن?می» is greedy
+            split = word[:cut] + ZWNJ + word[cut:]
+            if split in self.verbs:
+                text = text.replace(word, split)
+        return text
 
     def unicodes_replacement(self, text: str) -> str:
         """hazm's, skipped where none of its eleven patterns can match (nearly always)."""

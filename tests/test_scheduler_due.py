@@ -59,21 +59,22 @@ def test_a_feed_waiting_for_its_due_time_is_given_back_at_shutdown(
     config = write_config(tmp_path / "monitor.yaml", db_url,
                           scheduler={"tick": 2, "delivery_interval": 1, "shutdown_grace": 5},
                           feeds=[{"name": "news", "url": feed, "interval": 3}])
-    seen: dict[str, datetime] = {}
+    seen: dict[str, object] = {}
 
     def claimed_ahead() -> bool:
         # The second tick leases the feed about a second before it is due.
+        hits = feed_server.hits("/feed.xml")
         next_check_at, owner = _feed_row(db_url)
-        seen["due"] = next_check_at
+        seen["due"], seen["hits"] = next_check_at, hits
         return owner is not None and next_check_at > datetime.now(UTC)
 
     async def scenario() -> None:
         async with daemon_in_loop(config):
-            assert await eventually(lambda: feed_server.hits("/feed.xml") == 1)
+            assert await eventually(lambda: feed_server.hits("/feed.xml") >= 1)
             assert await eventually(claimed_ahead, timeout=10, interval=0.05)
 
     asyncio.run(scenario())
     next_check_at, owner = _feed_row(db_url)
     assert owner is None  # released: another daemon, or the next start, takes it at once
     assert next_check_at == seen["due"]  # and still due when it was
-    assert feed_server.hits("/feed.xml") == 1  # not fetched early on the way out
+    assert feed_server.hits("/feed.xml") == seen["hits"]  # not fetched early on the way out

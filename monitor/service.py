@@ -35,7 +35,14 @@ from monitor.net import network_policy
 from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
 from monitor.store.database import Database, Priority
-from monitor.store.queries import FeedState, claim_due_feeds, store_candidates, sync_feeds
+from monitor.store.queries import (
+    FeedState,
+    Release,
+    claim_due_feeds,
+    release_feeds,
+    store_candidates,
+    sync_feeds,
+)
 from monitor.stories import StoryRules
 from monitor.text.match import Matcher
 from monitor.text.normalize import load_normalizer
@@ -201,18 +208,32 @@ class Monitor:
 
     # --- fetching ----------------------------------------------------------------------
 
-    async def claim_feeds(self, limit: int, due_only: bool = True) -> list[FeedState]:
-        """Lease feeds that are due (or all with due_only=False) for this process."""
+    async def claim_feeds(self, limit: int, due_only: bool = True,
+                          ahead: float = 0.0) -> list[FeedState]:
+        """Lease feeds that are due (or all with due_only=False) for this process, counting
+        those due within `ahead` seconds (the daemon starts each at its due time)."""
         if not self._intervals or limit <= 0:
             return []
         lease = timedelta(seconds=self.config.database.lease_seconds)
 
         def claim() -> list[FeedState]:
+            now = datetime.now(UTC)
             with self.db.session() as session:
-                return claim_due_feeds(session, self.owner, self._intervals,
-                                       datetime.now(UTC), lease, limit, due_only=due_only)
+                return claim_due_feeds(session, self.owner, self._intervals, now, lease,
+                                       limit, due_only=due_only,
+                                       due_by=now + timedelta(seconds=ahead))
 
         return await asyncio.to_thread(claim)
+
+    async def give_back(self, feed: FeedState) -> None:
+        """Release a claimed feed without fetching it; it stays due when it was due."""
+        def write() -> None:
+            with self.db.transaction() as connection:
+                release_feeds(connection, self.owner,
+                              [Release(feed.id, {"next_check_at": feed.due_at})])
+
+        if feed.due_at is not None:
+            await asyncio.to_thread(write)
 
     async def refresh(self, feed: FeedState) -> RefreshOutcome:
         """Refresh one claimed feed; never raises."""

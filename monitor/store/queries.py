@@ -45,6 +45,9 @@ class FeedState:
     # When the lease runs out, on this process's monotonic clock: a refresh that has waited
     # (for a slot, a host) too close to it must not fetch, as another daemon may take over.
     lease_deadline: float = math.inf
+    # When the feed was due (its `next_check_at` at the claim): a feed claimed ahead of it
+    # (`claim_due_feeds(due_by=...)`) waits for it before fetching.
+    due_at: datetime | None = None
 
 
 @dataclass
@@ -98,14 +101,16 @@ def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> 
 
 
 def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: datetime,
-                    lease: timedelta, limit: int, due_only: bool = True) -> list[FeedState]:
-    """Lease feeds that are due. SKIP LOCKED lets several daemons share one PostgreSQL.
+                    lease: timedelta, limit: int, due_only: bool = True,
+                    due_by: datetime | None = None) -> list[FeedState]:
+    """Lease feeds that are due by `due_by` (default: now). SKIP LOCKED lets several daemons
+    share one PostgreSQL.
 
     Columns and one UPDATE per chunk rather than ORM objects: a cycle claims thousands of
     feeds, and loading each as an object to set two attributes cost more than the query."""
     query = (
         select(Feed.id, Feed.name, Feed.url, Feed.etag, Feed.last_modified, Feed.body_hash,
-               Feed.error_count, Feed.host, Feed.check_interval)
+               Feed.error_count, Feed.host, Feed.check_interval, Feed.next_check_at)
         .where(Feed.name.in_(list(names)))
         .where(or_(Feed.lease_until.is_(None), Feed.lease_until < now))
         .order_by(Feed.next_check_at)
@@ -113,11 +118,12 @@ def claim_due_feeds(session: Session, owner: str, names: Iterable[str], now: dat
         .with_for_update(skip_locked=True)
     )
     if due_only:
-        query = query.where(Feed.next_check_at <= now)
+        query = query.where(Feed.next_check_at <= (due_by or now))
     # Read before the claim, so it is never later than the lease written below.
     deadline = time.monotonic() + lease.total_seconds()
     feeds = [FeedState(r.id, r.name, r.url, r.etag, r.last_modified, r.body_hash,
-                       r.error_count, r.host or url_host(r.url), r.check_interval, deadline)
+                       r.error_count, r.host or url_host(r.url), r.check_interval, deadline,
+                       r.next_check_at)
              for r in session.execute(query)]
     ids = [f.id for f in feeds]
     for start in range(0, len(ids), _CHUNK):

@@ -1,0 +1,80 @@
+"""The daemon starts each feed at its own due time, not all of a tick's feeds at the tick."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, select
+
+from monitor.store.models import Feed
+from tests.conftest import write_config
+from tests.running import daemon_in_loop, eventually
+from tests.servers import FeedServer, rss
+from tests.test_end_to_end import NOT_MATCHING
+
+
+def _feed_row(db_url: str) -> tuple[datetime, str | None]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(select(Feed.next_check_at, Feed.lease_owner)).one()
+    finally:
+        engine.dispose()
+    next_check_at = row.next_check_at
+    if next_check_at.tzinfo is None:  # SQLite's column comes back naive, in UTC
+        next_check_at = next_check_at.replace(tzinfo=UTC)
+    return next_check_at, row.lease_owner
+
+
+def test_a_feed_is_polled_at_its_interval_not_at_the_ticks(
+    tmp_path: Path, db_url: str, feed_server: FeedServer,
+) -> None:
+    # Due 1.35-1.65 s after each refresh (1.5 s, jittered by 10 %): fetched at the ticks,
+    # the feed would be polled every 2 s; claimed a tick ahead and started when due, at
+    # its interval.
+    feed = feed_server.set_feed("/feed.xml", rss([NOT_MATCHING]))
+    config = write_config(tmp_path / "monitor.yaml", db_url,
+                          scheduler={"tick": 1, "delivery_interval": 1, "shutdown_grace": 5},
+                          feeds=[{"name": "news", "url": feed, "interval": 1.5}])
+
+    async def scenario() -> None:
+        async with daemon_in_loop(config):
+            assert await eventually(lambda: feed_server.hits("/feed.xml") >= 6, timeout=20)
+
+    asyncio.run(scenario())
+    times = [r.at for r in feed_server.requests if r.path == "/feed.xml"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert statistics.median(gaps) < 1.8, gaps
+    assert min(gaps) > 1.3, gaps  # and never before it was due
+
+
+def test_a_feed_waiting_for_its_due_time_is_given_back_at_shutdown(
+    tmp_path: Path, db_url: str, feed_server: FeedServer,
+) -> None:
+    feed = feed_server.set_feed("/feed.xml", rss([NOT_MATCHING]))
+    config = write_config(tmp_path / "monitor.yaml", db_url,
+                          scheduler={"tick": 2, "delivery_interval": 1, "shutdown_grace": 5},
+                          feeds=[{"name": "news", "url": feed, "interval": 3}])
+    seen: dict[str, object] = {}
+
+    def claimed_ahead() -> bool:
+        # The second tick leases the feed about a second before it is due.
+        hits = feed_server.hits("/feed.xml")
+        next_check_at, owner = _feed_row(db_url)
+        seen["due"], seen["hits"] = next_check_at, hits
+        return owner is not None and next_check_at > datetime.now(UTC)
+
+    async def scenario() -> None:
+        async with daemon_in_loop(config):
+            assert await eventually(lambda: feed_server.hits("/feed.xml") >= 1)
+            assert await eventually(claimed_ahead, timeout=10, interval=0.05)
+
+    asyncio.run(scenario())
+    next_check_at, owner = _feed_row(db_url)
+    assert owner is None  # released: another daemon, or the next start, takes it at once
+    assert next_check_at == seen["due"]  # and still due when it was
+    assert feed_server.hits("/feed.xml") == seen["hits"]  # not fetched early on the way out

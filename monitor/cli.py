@@ -135,6 +135,8 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     async def main() -> int:
         monitor = _monitor(config)
         try:
+            # Alembic then never enters the daemon's memory; prepare() finds it done.
+            monitor.db.migrate(in_child=True)
             monitor.prepare()
             monitor.open_channels()
             await Daemon(monitor, config_path=args.config).run()

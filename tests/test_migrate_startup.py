@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, text
 
-from monitor.store.database import Database, _migrations_dir, _revision_parents
+from monitor.store.database import Database, DatabaseError, _migrations_dir, _revision_parents
 from tests.conftest import ROOT, write_config
 
 # `monitor run` in a process of its own, saying at exit what was ever imported. (pytest
@@ -99,18 +100,30 @@ def test_an_unknown_revision_is_left_to_alembic(sqlite_url: str) -> None:
     db.dispose()
 
 
-def test_run_on_a_current_schema_does_not_import_alembic(tmp_path: Path) -> None:
+def test_run_keeps_alembic_out_of_the_daemon(tmp_path: Path) -> None:
+    """A new database and a stale one are migrated by a child process; a current one is
+    only read. The daemon itself never imports Alembic (nor httpx's CLI)."""
     url = f"sqlite:///{tmp_path / 'monitor.db'}"
     config = write_config(tmp_path / "monitor.yaml", url)
-    # The first start creates the schema, so it needs Alembic; the next one does not.
-    assert "alembic imported: True" in _run_daemon_once(config, tmp_path / "first.log")
-    second = _run_daemon_once(config, tmp_path / "second.log")
-    assert "alembic imported: False" in second and "httpx CLI imported: False" in second
+    for start in ("new", "current"):
+        out = _run_daemon_once(config, tmp_path / f"{start}.log")
+        assert "alembic imported: False" in out and "httpx CLI imported: False" in out
+    assert "Running upgrade" in (tmp_path / "new.log").read_text()  # the child's log
+    assert "Running upgrade" not in (tmp_path / "current.log").read_text()
 
     stale_url = f"sqlite:///{tmp_path / 'stale.db'}"
     stale = Database(stale_url)
     _upgrade_to(stale, "0001")  # as an older monitor left it
     config = write_config(tmp_path / "stale.yaml", stale_url)
-    assert "alembic imported: True" in _run_daemon_once(config, tmp_path / "third.log")
+    assert "alembic imported: False" in _run_daemon_once(config, tmp_path / "stale.log")
+    assert "Running upgrade 0001 -> 0104" in (tmp_path / "stale.log").read_text()
     assert stale.schema_is_current()
     stale.dispose()
+
+
+def test_a_failed_migration_in_the_child_says_why(tmp_path: Path) -> None:
+    (tmp_path / "monitor.db").mkdir()  # SQLite cannot open a folder
+    db = Database(f"sqlite:///{tmp_path / 'monitor.db'}")
+    with pytest.raises(DatabaseError, match=r"^cannot migrate sqlite:///.*unable to open"):
+        db.migrate(in_child=True)
+    db.dispose()

@@ -7,6 +7,9 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -201,10 +204,37 @@ class Database:
         with self._turn(Priority.ROUTINE), self.engine.begin() as connection:
             yield connection
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision; idempotent and safe to run concurrently."""
-        if not self.schema_is_current():
+    def migrate(self, in_child: bool = False) -> None:
+        """Bring the schema to the newest revision; idempotent and safe to run concurrently.
+
+        `in_child` runs Alembic in a short-lived process of its own, for the daemon:
+        importing and running it (a new database or a stale one) would otherwise stay in
+        the daemon's memory for good, 9 MB of RSS with 5,000 feeds.
+        """
+        if self.schema_is_current():
+            return
+        if in_child:
+            self._upgrade_in_child()
+        else:
             self._upgrade()
+
+    def _upgrade_in_child(self) -> None:
+        # The URL goes in the environment, not on a command line everyone can read.
+        env = {**os.environ, _MIGRATE_URL_ENV: self.url,
+               "PYTHONPATH": os.pathsep.join(
+                   [str(Path(__file__).resolve().parents[2]),
+                    *filter(None, [os.environ.get("PYTHONPATH")])])}
+        child = subprocess.run(
+            [sys.executable, "-c", "from monitor.store.database import _migrate_from_env; "
+             "_migrate_from_env()"], env=env, capture_output=True, text=True, check=False)
+        lines = child.stderr.strip().splitlines()
+        if child.returncode != 0:
+            # The reason on stdout; anything else (a traceback) ends in its last line.
+            reason = child.stdout.strip() or (lines[-1] if lines else "")
+            raise DatabaseError(reason or f"cannot migrate {self.safe_url}: the migration "
+                                          f"process exited with {child.returncode}")
+        for line in lines:
+            log.info("%s", line)  # Alembic's "Running upgrade ...", as when run in-process
 
     def schema_is_current(self) -> bool:
         """Whether every migration has already run, asked of the version table directly.
@@ -265,3 +295,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_MIGRATE_URL_ENV = "MONITOR_MIGRATE_URL"
+
+
+def _migrate_from_env() -> None:
+    """The child process of `Database.migrate(in_child=True)`: its log on stderr, and on
+    failure the reason on stdout, exit status 1."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    db = Database(os.environ[_MIGRATE_URL_ENV])
+    try:
+        db._upgrade()
+    except DatabaseError as exc:
+        print(exc)
+        raise SystemExit(1) from None
+    finally:
+        db.dispose()

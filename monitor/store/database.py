@@ -52,15 +52,16 @@ def _revision_parents(versions: Path) -> dict[str, set[str]] | None:
     parents: dict[str, set[str]] = {}
     for path in sorted(versions.glob("*.py")):
         fields: dict[str, object] = {}
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            target = node.target if isinstance(node, ast.AnnAssign) else (
-                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
-                else None)
-            if isinstance(target, ast.Name) and target.id in _REVISION_FIELDS:
-                try:
+        try:
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+            for node in body:
+                target = node.target if isinstance(node, ast.AnnAssign) else (
+                    node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                    else None)
+                if isinstance(target, ast.Name) and target.id in _REVISION_FIELDS:
                     fields[target.id] = ast.literal_eval(node.value) if node.value else None
-                except ValueError:
-                    return None
+        except (OSError, SyntaxError, ValueError):
+            return None
         revision = fields.get("revision")
         if not isinstance(revision, str):
             return None

@@ -304,7 +304,8 @@ _MIGRATE_URL_ENV = "MONITOR_MIGRATE_URL"
 def _migrate_from_env() -> None:
     """The child process of `Database.migrate(in_child=True)`: its log on stderr, and on
     failure the reason on stdout, exit status 1."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)  # "Running upgrade"
     db = Database(os.environ[_MIGRATE_URL_ENV])
     try:
         db._upgrade()

@@ -135,6 +135,8 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     async def main() -> int:
         monitor = _monitor(config)
         try:
+            # Alembic then never enters the daemon's memory; prepare() finds it done.
+            monitor.db.migrate(in_child=True)
             monitor.prepare()
             monitor.open_channels()
             await Daemon(monitor, config_path=args.config).run()
@@ -520,7 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _skip_httpx_cli() -> None:
+    """Keep httpx's own command-line client out of the process.
+
+    `import httpx` also imports its CLI (click, pygments, rich) when they are installed,
+    and keeps what loaded before a missing one stopped it: 3.2 MB of a daemon's RSS where
+    pytest brought pygments. A module set to None in sys.modules raises ImportError on
+    import, which httpx answers with its fallback for a missing CLI; monitor never calls
+    httpx's CLI. Before anything imports httpx, or it changes nothing.
+    """
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    _skip_httpx_cli()
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level.upper())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import heapq
 import itertools
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +38,46 @@ def _migrations_dir() -> Path:
         if (candidate / "env.py").exists():
             return candidate
     raise DatabaseError("the migrations/ folder was not found next to the monitor package")
+
+
+# Module-level names Alembic reads from a revision file, and what each holds.
+_REVISION_FIELDS = ("revision", "down_revision", "depends_on")
+
+
+def _revision_parents(versions: Path) -> dict[str, set[str]] | None:
+    """Each revision in migrations/versions and the revisions it needs first (its
+    down_revision and depends_on), read as text without importing Alembic; None when a
+    file says something this does not follow (a branch label, a computed value), and then
+    Alembic decides."""
+    parents: dict[str, set[str]] = {}
+    for path in sorted(versions.glob("*.py")):
+        fields: dict[str, object] = {}
+        try:
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+            for node in body:
+                target = node.target if isinstance(node, ast.AnnAssign) else (
+                    node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                    else None)
+                if isinstance(target, ast.Name) and target.id in _REVISION_FIELDS:
+                    fields[target.id] = ast.literal_eval(node.value) if node.value else None
+        except (OSError, SyntaxError, ValueError):
+            return None
+        revision = fields.get("revision")
+        if not isinstance(revision, str):
+            return None
+        needs: set[str] = set()
+        for name in ("down_revision", "depends_on"):
+            value = fields.get(name)
+            if isinstance(value, str):
+                needs.add(value)
+            elif isinstance(value, tuple | list) and all(isinstance(v, str) for v in value):
+                needs.update(value)
+            elif value is not None:
+                return None
+        parents[revision] = needs
+    if not parents or any(n not in parents for needs in parents.values() for n in needs):
+        return None
+    return parents
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -161,8 +205,67 @@ class Database:
         with self._turn(Priority.ROUTINE), self.engine.begin() as connection:
             yield connection
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision; idempotent and safe to run concurrently."""
+    def migrate(self, in_child: bool = False) -> None:
+        """Bring the schema to the newest revision; idempotent and safe to run concurrently.
+
+        `in_child` runs Alembic in a short-lived process of its own, for the daemon:
+        importing and running it (a new database or a stale one) would otherwise stay in
+        the daemon's memory for good, 9 MB of RSS with 5,000 feeds.
+        """
+        if self.schema_is_current():
+            return
+        if in_child:
+            self._upgrade_in_child()
+        else:
+            self._upgrade()
+
+    def _upgrade_in_child(self) -> None:
+        # The URL goes in the environment, not on a command line everyone can read.
+        env = {**os.environ, _MIGRATE_URL_ENV: self.url,
+               "PYTHONPATH": os.pathsep.join(
+                   [str(Path(__file__).resolve().parents[2]),
+                    *filter(None, [os.environ.get("PYTHONPATH")])])}
+        child = subprocess.run(
+            [sys.executable, "-c", "from monitor.store.database import _migrate_from_env; "
+             "_migrate_from_env()"], env=env, capture_output=True, text=True, check=False)
+        lines = child.stderr.strip().splitlines()
+        if child.returncode != 0:
+            # The reason on stdout; anything else (a traceback) ends in its last line.
+            reason = child.stdout.strip() or (lines[-1] if lines else "")
+            raise DatabaseError(reason or f"cannot migrate {self.safe_url}: the migration "
+                                          f"process exited with {child.returncode}")
+        for line in lines:
+            log.info("%s", line)  # Alembic's "Running upgrade ...", as when run in-process
+
+    def schema_is_current(self) -> bool:
+        """Whether every migration has already run, asked of the version table directly.
+
+        Nearly every start finds the schema current, and Alembic, its migration scripts
+        and their run cost a daemon 8.5 MB of RSS for the rest of its life just to learn
+        that. False whenever in doubt (no version table, a revision this does not know,
+        migrations it cannot read): then Alembic looks for itself.
+        """
+        parents = _revision_parents(_migrations_dir() / "versions")
+        if parents is None:
+            return False
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(text("SELECT version_num FROM alembic_version"))
+                applied = [version for (version,) in rows]
+        except SQLAlchemyError:
+            return False  # not created yet, or unreachable: Alembic reports it properly
+        # Alembic keeps only the newest rows: what they need first has run as well.
+        done: set[str] = set()
+        while applied:
+            revision = applied.pop()
+            if revision not in parents:
+                return False  # a newer monitor migrated this database; Alembic will say so
+            if revision not in done:
+                done.add(revision)
+                applied.extend(parents[revision])
+        return done == parents.keys()
+
+    def _upgrade(self) -> None:
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
@@ -193,3 +296,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_MIGRATE_URL_ENV = "MONITOR_MIGRATE_URL"
+
+
+def _migrate_from_env() -> None:
+    """The child process of `Database.migrate(in_child=True)`: its log on stderr, and on
+    failure the reason on stdout, exit status 1."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)  # "Running upgrade"
+    db = Database(os.environ[_MIGRATE_URL_ENV])
+    try:
+        db._upgrade()
+    except DatabaseError as exc:
+        print(exc)
+        raise SystemExit(1) from None
+    finally:
+        db.dispose()

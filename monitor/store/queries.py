@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Update, bindparam, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from monitor import metrics, stories
@@ -64,10 +63,14 @@ def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-def _insert(session: Session) -> Callable[..., Any]:
-    """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends."""
-    if session.get_bind().dialect.name == "postgresql":
+@functools.cache
+def _dialect_insert(dialect: str) -> Callable[..., Any]:
+    """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both backends. Imported
+    on first use: PostgreSQL's dialect module would cost a SQLite daemon 2 MB of RSS."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
         return postgresql.insert
+    from sqlalchemy.dialects import sqlite
     return sqlite.insert
 
 
@@ -86,7 +89,7 @@ def sync_feeds(session: Session, feeds: Sequence[FeedConfig], now: datetime) -> 
         row = rows.get(feed.name)
         if row is None:
             # Daemons starting together register the same feeds: the first insert wins.
-            session.execute(_insert(session)(Feed).values(
+            session.execute(_dialect_insert(session.get_bind().dialect.name)(Feed).values(
                 name=feed.name, url=feed.url, host=url_host(feed.url), state="new",
                 error_count=0, next_check_at=now, created_at=now,
             ).on_conflict_do_nothing(index_elements=["name"]))
@@ -203,11 +206,15 @@ _MATCHED_TERMS = select(_articles.c.story_id, _articles.c.matches).where(
 _INSERT_STORIES = insert(_stories).returning(_stories.c.id, sort_by_parameter_order=True)
 _TOUCH_STORIES = (update(_stories).where(_stories.c.id.in_(bindparam("ids", expanding=True)))
                   .values(updated_at=bindparam("now")))
-_INSERT_ARTICLES = {
-    name: dialect_insert(_articles)
-    .on_conflict_do_nothing(index_elements=["canonical_link"])
-    .returning(_articles.c.id, _articles.c.canonical_link, _articles.c.fingerprint)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+
+
+@functools.cache
+def _insert_articles_statement(dialect: str) -> Any:
+    return (_dialect_insert(dialect)(_articles)
+            .on_conflict_do_nothing(index_elements=["canonical_link"])
+            .returning(_articles.c.id, _articles.c.canonical_link, _articles.c.fingerprint))
+
+
 _INSERT_BANDS = insert(_bands)
 _INSERT_ENTRIES = insert(_entries)
 _INSERT_ALERTS = insert(_alerts).returning(_alerts.c.id, sort_by_parameter_order=True)
@@ -597,7 +604,7 @@ def _insert_articles(connection: Connection, feed_id: int | None, origin: str,
                     - {s.id for s in started})
     for chunk in _chunks(joined):
         connection.execute(_TOUCH_STORIES, {"ids": chunk, "now": now})
-    rows = connection.execute(_INSERT_ARTICLES[connection.dialect.name],
+    rows = connection.execute(_insert_articles_statement(connection.dialect.name),
                               [_article_row(a, feed_id, origin, now) for a in new]).all()
     inserted = {_identity(link, fingerprint): id_ for id_, link, fingerprint in rows}
     if len(inserted) < len(new):

@@ -8,7 +8,7 @@ from monitor.identity import canonical_link, fingerprint_of_keys
 from monitor.parse import Entry
 from monitor.stories import Sketch, sketch
 from monitor.text.match import Match, Matcher, MatchInput
-from monitor.text.normalize import ItemKey, detect_language, item_language
+from monitor.text.normalize import ItemKey, item_language
 
 
 @dataclass(frozen=True)
@@ -24,23 +24,25 @@ class Candidate:
     sketch: Sketch
 
 
-def entry_language(entry: Entry) -> str | None:
-    return detect_language(f"{entry.title}\n{entry.summary or entry.content}")
+def entry_language(entry: Entry, key: ItemKey | None = None) -> str | None:
+    """The language of the title and the body (`summary or content`), read from the
+    entry's keys (`key`, when the caller has folded it already)."""
+    key = key or ItemKey.of(entry.title, entry.summary, entry.content)
+    return item_language(key.title, key.body)
 
 
 def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
     # Each field is folded once, here; the language, fingerprint and story lead are read
     # from these keys (each gives what it would compute from the text).
     key = ItemKey.of(entry.title, entry.summary, entry.content)
-    body = key.summary if entry.summary else key.content  # the key of summary or content
-    language = item_language(key.title, body)
+    language = entry_language(entry, key)
     matches = matcher.match(MatchInput(title=entry.title, summary=entry.summary,
                                        content=entry.content, feed=feed_name,
                                        language=language), key)
     return Candidate(
         entry=entry,
         canonical_link=canonical_link(entry.link),
-        fingerprint=fingerprint_of_keys(key.title.key, body.key),
+        fingerprint=fingerprint_of_keys(key.title.key, key.body.key),
         match_key=key.stored,
         language=language,
         matches=tuple(matches),

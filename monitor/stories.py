@@ -197,7 +197,7 @@ def lead_shingles(title: str, summary: str, content: str) -> frozenset[int]:
 
 def sketch(title: str, summary: str, content: str, key: ItemKey | None = None) -> Sketch:
     """The item's sketch; `key`, its keys when the caller holds them, saves folding again."""
-    keys = None if key is None else (key.title, key.summary if summary else key.content)
+    keys = None if key is None else (key.title, key.body)
     shingle_set = _memo.shingles(title, summary or content, keys)
     return Sketch(shingle_set, band_keys(shingle_set))
 

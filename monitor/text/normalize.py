@@ -345,6 +345,11 @@ class ItemKey:
         return getattr(self, name)
 
     @property
+    def body(self) -> FieldKey:
+        """The key of the item's body: its summary, or its content when it has none."""
+        return self.summary if self.summary.text else self.content
+
+    @property
     def stored(self) -> str:
         """The form kept in `articles.match_key`: the field keys, one per line."""
         return "\n".join((self.title.key, self.summary.key, self.content.key))

@@ -372,8 +372,16 @@ class Daemon:
 
     async def _drain(self, delivery: asyncio.Task) -> None:
         # scheduler.shutdown() would cancel coroutine jobs, so in-flight work is tracked here.
-        pending = [*self._in_flight, delivery]
-        _, not_done = await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        # Tracked work may start more while it finishes (a claim that was under way starts
+        # its feeds' refreshes, which give the feeds back): wait until none is left.
+        deadline = time.monotonic() + self.config.shutdown_grace
+        not_done: set[asyncio.Task] = set()
+        while pending := {task for task in (*self._in_flight, delivery) if not task.done()}:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                not_done = pending
+                break
+            await asyncio.wait(pending, timeout=remaining)
         for task in not_done:
             task.cancel()
         if not_done:

@@ -78,3 +78,31 @@ def test_a_feed_waiting_for_its_due_time_is_given_back_at_shutdown(
     assert owner is None  # released: another daemon, or the next start, takes it at once
     assert next_check_at == seen["due"]  # and still due when it was
     assert feed_server.hits("/feed.xml") == seen["hits"]  # not fetched early on the way out
+
+
+def test_shutdown_waits_for_work_that_in_flight_work_starts(
+    tmp_path: Path, db_url: str, feed_server: FeedServer,
+) -> None:
+    # A claim that is under way when the daemon stops starts its feeds' refreshes after
+    # the stop (each then gives its feed back). Stopping must wait for those too, or the
+    # feeds stay leased until their leases expire.
+    feed = feed_server.set_feed("/feed.xml", rss([NOT_MATCHING]))
+    config = write_config(tmp_path / "monitor.yaml", db_url,
+                          scheduler={"tick": 60, "shutdown_grace": 5},
+                          feeds=[{"name": "news", "url": feed, "interval": 600}])
+    finished: list[str] = []
+
+    async def started_later() -> None:
+        await asyncio.sleep(0.3)
+        finished.append("started later")
+
+    async def scenario() -> None:
+        async with daemon_in_loop(config) as daemon:
+            async def claim_under_way() -> None:
+                await asyncio.sleep(0.1)
+                daemon._spawn(started_later())
+
+            daemon._spawn(claim_under_way())
+
+    asyncio.run(scenario())
+    assert finished == ["started later"]

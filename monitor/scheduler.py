@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
 from monitor import metrics, retention
+from monitor.alerts.message import Outgoing
 from monitor.config import (
     ConfigError,
     load_config,
@@ -40,7 +41,7 @@ from monitor.config import (
     secret_values,
 )
 from monitor.logs import add_secrets
-from monitor.service import Monitor, is_database_error, short_error
+from monitor.service import DELIVERY_BATCH, Monitor, is_database_error, short_error
 from monitor.store.models import Feed
 from monitor.store.queries import FeedState
 from monitor.web import Endpoint, Response
@@ -86,8 +87,10 @@ class Daemon:
         self._ticking = False
         self._db_failures = 0
         self._db_retry_at = 0.0  # monotonic; no database work before it
-        # A reload swaps the channels only between two delivery passes.
+        # A reload swaps the channels only while no claim is under way and no batch is
+        # being sent (the batches hold the old channels).
         self._delivery_lock = asyncio.Lock()
+        self._sending: dict[str, asyncio.Task] = {}  # channel -> the batch being sent
         self._reload_lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
         self._started = time.monotonic()
@@ -192,6 +195,9 @@ class Daemon:
             self._deliver_now.set()  # deliveries queued during the outage go out now
 
     async def _delivery_loop(self) -> None:
+        """Claim due messages and send each channel's batch in a task of its own, so that a
+        slow or hanging channel delays only its own messages. A channel whose batch is still
+        being sent is skipped by the claims until it finishes."""
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deliver_now.wait(), self.config.delivery_interval)
@@ -202,12 +208,27 @@ class Daemon:
                 continue
             try:
                 async with self._delivery_lock:
-                    summary = await self.monitor.deliver()
+                    messages = await self.monitor.claim_deliveries(skip=self._sending.keys())
                 self._database_back()
-                if summary.attempted >= 200:
-                    self._deliver_now.set()  # more may be waiting
             except Exception as exc:
                 self._database_trouble(exc, "delivering alerts")
+                continue
+            batches: dict[str, list[Outgoing]] = {}
+            for message in messages:
+                batches.setdefault(message.channel, []).append(message)
+            for channel, batch in batches.items():
+                self._sending[channel] = self._spawn(self._send(channel, batch))
+            if len(messages) >= DELIVERY_BATCH:
+                self._deliver_now.set()  # more may be waiting
+
+    async def _send(self, channel: str, batch: list[Outgoing]) -> None:
+        try:
+            await self.monitor.send(batch)
+        except Exception as exc:  # the claims expire and the messages go out again
+            self._database_trouble(exc, f"recording deliveries of channel {channel}")
+        finally:
+            del self._sending[channel]
+            self._deliver_now.set()  # what was queued for the channel meanwhile goes now
 
     async def _prune(self) -> None:
         if self._stopping.is_set():
@@ -251,6 +272,8 @@ class Daemon:
             add_secrets(secret_values(config, secrets))
             try:
                 async with self._delivery_lock:
+                    if self._sending:  # batches still use the old channels
+                        await asyncio.wait(self._sending.values())
                     await self.monitor.reconfigure(config, secrets)
             except Exception:
                 # Registering the feeds comes before any swap, so a database error here

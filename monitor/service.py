@@ -11,7 +11,7 @@ import gc
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +48,10 @@ from monitor.text.match import Matcher
 from monitor.text.normalize import load_normalizer
 
 log = logging.getLogger(__name__)
+
+# The most messages one delivery pass claims; a pass that claims this many is followed at
+# once by another.
+DELIVERY_BATCH = 200
 
 
 @dataclass
@@ -266,12 +270,19 @@ class Monitor:
             log.warning("fault pause %s: sleeping %.0f s (MONITOR_FAULT_PAUSE)", point, seconds)
             await asyncio.sleep(seconds)
 
-    async def deliver(self, limit: int = 200) -> DeliverySummary:
-        """Pace each active channel, then send its due messages once, concurrently."""
-        summary = DeliverySummary()
+    async def deliver(self, limit: int = DELIVERY_BATCH) -> DeliverySummary:
+        """One delivery pass: claim what is due on every active channel, send it, record."""
+        return await self.send(await self.claim_deliveries(limit))
+
+    async def claim_deliveries(self, limit: int = DELIVERY_BATCH,
+                               skip: Collection[str] = ()) -> list[Outgoing]:
+        """Pace each active channel, then lease up to `limit` due messages of the active
+        channels not in `skip` (the daemon skips a channel whose last batch is still being
+        sent: its new messages wait for that batch rather than pile onto a slow server)."""
         if not self.channels:
-            return summary
+            return []
         lease = timedelta(seconds=self.config.database.lease_seconds)
+        channels = [name for name in self.channels if name not in skip]
 
         def claim() -> list[Outgoing]:
             now = self.clock()
@@ -280,10 +291,15 @@ class Monitor:
             with self.db.session(Priority.DELIVERY) as session:
                 for name in sorted(self.channels):  # one order everywhere: no lock cycles
                     pace_channel(session, self.config.channel(name), now)
-                return claim_messages(session, self.owner, self.channels, now, lease, limit)
+                if not channels:
+                    return []
+                return claim_messages(session, self.owner, channels, now, lease, limit)
 
-        loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(self._delivery_thread, claim)
+        return await asyncio.get_running_loop().run_in_executor(self._delivery_thread, claim)
+
+    async def send(self, messages: Sequence[Outgoing]) -> DeliverySummary:
+        """Send claimed messages concurrently, then record every result in one transaction."""
+        summary = DeliverySummary()
         if not messages:
             return summary
         await self._fault_pause("after_claim")
@@ -306,7 +322,7 @@ class Monitor:
                                           self.clock(), policy)
                     self._account(summary, message, result, state)
 
-        await loop.run_in_executor(self._delivery_thread, record)
+        await asyncio.get_running_loop().run_in_executor(self._delivery_thread, record)
         return summary
 
     def _account(self, summary: DeliverySummary, message: Outgoing, result: DeliveryResult,

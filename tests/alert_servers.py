@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ class ScriptedSmtp:
     and then cuts the connection before answering; `auth_ok` decides AUTH (None: no AUTH).
     """
 
-    def __init__(self, auth_ok: bool | None = None) -> None:
+    def __init__(self, auth_ok: bool | None = None, tls: ssl.SSLContext | None = None,
+                 implicit_tls: bool = False) -> None:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
@@ -138,7 +140,12 @@ class ScriptedSmtp:
         self.port = free_port()
         kwargs: dict[str, Any] = {}
         if auth_ok is not None:
-            kwargs = {"authenticator": authenticate, "auth_require_tls": False}
+            # With STARTTLS, AUTH is offered only once the connection is encrypted.
+            # (aiosmtpd does not count implicit TLS for this, but there every byte is.)
+            kwargs = {"authenticator": authenticate,
+                      "auth_require_tls": tls is not None and not implicit_tls}
+        if tls is not None:
+            kwargs["ssl_context" if implicit_tls else "tls_context"] = tls
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port,
                                       **kwargs)
 

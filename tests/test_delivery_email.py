@@ -3,13 +3,16 @@ dropping the connection after DATA, or not offering STARTTLS."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
+from monitor.config import ConfigError, parse_config
 from tests.alert_servers import ScriptedSmtp
 from tests.delivery_harness import Harness
 
@@ -206,3 +209,72 @@ def html_tags(markup: str) -> set[str]:
 
     Collector().feed(markup)
     return tags
+
+
+# --- TLS: a relay whose certificate an internal authority signed -------------------------
+
+@pytest.fixture(scope="module")
+def relay_ca() -> Any:
+    trustme = pytest.importorskip("trustme", reason="trustme is in the test extras")
+    return trustme.CA()
+
+
+def _tls_server(ca: Any, implicit_tls: bool, password: str) -> ScriptedSmtp:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = ScriptedSmtp(auth_ok=True, tls=context, implicit_tls=implicit_tls)
+    server.password = password
+    return server.start()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_login_and_delivery_over_tls_with_the_relays_authority(
+        sqlite_url: str, tmp_path: Path, relay_ca: Any, mode: str) -> None:
+    server = _tls_server(relay_ca, implicit_tls=mode == "ssl", password="s3cret-pass")
+    ca_file = tmp_path / "relay-ca.pem"
+    relay_ca.cert_pem.write_to_path(str(ca_file))
+    config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
+                   ca_file=str(ca_file), **{mode: True})
+    h = Harness(sqlite_url, [config], env={"SMTP_USER": "monitor",
+                                           "SMTP_PASSWORD": "s3cret-pass"})
+    try:
+        h.queue()
+        h.deliver()
+        # Over STARTTLS the server offers AUTH only once encrypted; implicit TLS is
+        # encrypted from the first byte. Delivered means encrypted and logged in.
+        assert h.states() == ["delivered"]
+        [received] = server.received
+        assert received.rcpt_tos == [DESK, EDITOR]
+    finally:
+        h.close()
+        server.stop()
+
+
+def test_a_certificate_from_an_unknown_authority_is_refused(
+        sqlite_url: str, relay_ca: Any) -> None:
+    server = _tls_server(relay_ca, implicit_tls=False, password="s3cret-pass")
+    config = _mail(server.port, username_env="SMTP_USER", password_env="SMTP_PASSWORD",
+                   starttls=True)  # no ca_file: the system's authorities do not know it
+    h = Harness(sqlite_url, [config], env={"SMTP_USER": "monitor",
+                                           "SMTP_PASSWORD": "s3cret-pass"})
+    try:
+        h.queue()
+        h.deliver()
+        [row] = h.rows()
+        assert row.state == "failed" and "certificate verify failed" in row.last_error
+        assert server.received == [] and "MAIL" not in server.commands
+    finally:
+        h.close()
+        server.stop()
+
+
+def test_ca_file_is_checked_when_the_config_is_loaded(tmp_path: Path) -> None:
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("hello", encoding="utf-8")
+    for ca_file, expected in ((tmp_path / "missing.pem", "No such file"),
+                              (not_pem, "cannot load certificates")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"channels": [_mail(25, starttls=True, ca_file=str(ca_file))]},
+                         "monitor.yaml")
+        message = str(caught.value)
+        assert "channels[0]" in message and "ca_file" in message and expected in message

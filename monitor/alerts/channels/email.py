@@ -32,7 +32,7 @@ class EmailChannel:
 
     def _connect(self) -> smtplib.SMTP:
         c = self._config
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=c.ca_file)
         if c.ssl:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout,
                                                   context=context)

@@ -3,6 +3,10 @@
 Before feedparser sees a document, entity declarations that could blow up are removed
 (`guard_entities`), and a feed that says it is in a legacy single-byte charset while its bytes
 are valid UTF-8 is read as UTF-8 (`_charset_fixed_headers`).
+
+A refresh of a changed feed passes the keys it stored last time (`carried`): an entry with
+one of them is left unread (`UnreadEntry`), without its display text, where its key can be
+known before its text.
 """
 
 from __future__ import annotations

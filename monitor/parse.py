@@ -3,6 +3,10 @@
 Before feedparser sees a document, entity declarations that could blow up are removed
 (`guard_entities`), and a feed that says it is in a legacy single-byte charset while its bytes
 are valid UTF-8 is read as UTF-8 (`_charset_fixed_headers`).
+
+A refresh of a changed feed passes the keys it stored last time (`carried`): an entry with
+one of them is left unread (`UnreadEntry`), without its display text, where its key can be
+known before its text.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import codecs
 import hashlib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -60,7 +64,7 @@ _SINGLE_BYTE = re.compile(r"^(us-?ascii|ascii|latin-?1|l1|iso[-_]?8859[-_]?\d+|"
 @dataclass(frozen=True)
 class ParsedFeed:
     title: str | None
-    entries: list[Entry]
+    entries: list[Entry | UnreadEntry]  # only `Entry` unless `parse_feed` had `carried`
     problem: str | None  # set when the XML was not well-formed but entries were recovered
     ttl_seconds: float | None = None  # RSS <ttl>
     update_period_seconds: float | None = None  # sy:updatePeriod / sy:updateFrequency
@@ -176,6 +180,21 @@ def _charset_fixed_headers(body: bytes, headers: dict[str, str]) -> dict[str, st
     return {**headers, "content-type": f"{media_type}; charset=utf-8"}
 
 
+def _link(raw: Mapping[str, object]) -> str | None:
+    return _clean(str(raw.get("link") or ""), 2000) or None
+
+
+def _key_of_identity(raw: Mapping[str, object], link: str | None) -> str | None:
+    """The entry's key when it names the entry itself: its GUID, else its link. None when
+    the key must be made from the entry's text (`_entry`)."""
+    guid = raw.get("id") or raw.get("guid")
+    if guid:
+        return "guid:" + _clean(str(guid), 500)
+    if link:
+        return "link:" + link[:500]
+    return None
+
+
 def _entry(raw: Mapping[str, object]) -> Entry | None:
     title = _clean(display_text(str(raw.get("title") or "")), MAX_TITLE)
     summary = _clean(display_text(str(raw.get("summary") or "")), MAX_SUMMARY)
@@ -185,26 +204,64 @@ def _entry(raw: Mapping[str, object]) -> Entry | None:
         content = _clean(display_text(str(contents[0].get("value") or "")), MAX_CONTENT)
     if content == summary:
         content = ""
-    link = _clean(str(raw.get("link") or ""), 2000) or None
+    link = _link(raw)
     if not (title or summary or content or link):
         return None
-    guid = raw.get("id") or raw.get("guid")
-    if guid:
-        key = "guid:" + _clean(str(guid), 500)
-    elif link:
-        key = "link:" + link[:500]
-    else:
+    key = _key_of_identity(raw, link)
+    if key is None:
         digest = hashlib.sha256(f"{title}\n{summary}\n{content}".encode()).hexdigest()
         key = "hash:" + digest[:40]
-    published = _datetime(raw.get("published_parsed") or raw.get("updated_parsed"))
-    author = raw.get("author")
     return Entry(key=key, link=link, title=title,
-                 summary=summary, content=content, published=published,
-                 author=_clean(str(author), 200) or None if author else None)
+                 summary=summary, content=content, published=_published(raw),
+                 author=_author(raw))
 
 
-def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
+def _published(raw: Mapping[str, object]) -> datetime | None:
+    return _datetime(raw.get("published_parsed") or raw.get("updated_parsed"))
+
+
+def _author(raw: Mapping[str, object]) -> str | None:
+    author = raw.get("author")
+    return _clean(str(author), 200) or None if author else None
+
+
+@dataclass(frozen=True)
+class UnreadEntry:
+    """An entry of the document whose text was left as feedparser gave it, because its feed
+    most likely stored it before (`parse_feed`'s `carried`): making display text is most of
+    the cost of an entry once feedparser is done. It has what identifies it; `read` makes the
+    `Entry`, the same one `parse_feed` would have made, for when the guess was wrong."""
+
+    key: str
+    link: str
+    published: datetime | None
+    raw: Mapping[str, object]  # feedparser's entry
+
+    def read(self) -> Entry:
+        entry = _entry(self.raw)
+        assert entry is not None, "an entry with a link is never dropped"
+        return entry
+
+
+def _unread_or_entry(raw: Mapping[str, object], carried: Callable[[str], bool] | None
+                     ) -> Entry | UnreadEntry | None:
+    """The entry, or left unread when `carried` says its feed has it. Only an entry with a
+    link can be: its key does not depend on its text (a GUID or the link), and it is never
+    dropped for lack of text (`_entry`), whatever its text turns out to be."""
+    if carried is not None and (link := _link(raw)) is not None:
+        key = _key_of_identity(raw, link)
+        if key is not None and carried(key):
+            return UnreadEntry(key=key, link=link, published=_published(raw), raw=raw)
+    return _entry(raw)
+
+
+def parse_feed(body: bytes, headers: Mapping[str, str], url: str,
+               carried: Callable[[str], bool] | None = None) -> ParsedFeed:
     """Parse feed bytes. Headers carry the charset; feedparser never sees a str or URL.
+
+    `carried` tells, by entry key, which entries the caller most likely has already: those
+    are left unread (`UnreadEntry`) where their key is known without their text. Without
+    it, every entry is an `Entry`.
 
     Raises NotAFeed when nothing feed-like could be recovered.
     """
@@ -222,7 +279,8 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
         exc = result.get("bozo_exception")
         problem = "; ".join(filter(None, [
             entity_note, f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed"]))
-    entries = [e for raw in result.get("entries", []) if (e := _entry(raw)) is not None]
+    entries = [e for raw in result.get("entries", [])
+               if (e := _unread_or_entry(raw, carried)) is not None]
     feed_info = result.get("feed", {})
     if not entries and not result.get("version") and not feed_info.get("title"):
         raise NotAFeed(problem or "no RSS or Atom document found")

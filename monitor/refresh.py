@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from monitor.articles import Candidate, prepare
 from monitor.config import ScheduleConfig
 from monitor.fetch import Fetched, Fetcher, HostGate, Validators
-from monitor.parse import Entry, NotAFeed, ParsedFeed, parse_feed
+from monitor.parse import Entry, NotAFeed, ParsedFeed, UnreadEntry, parse_feed
 from monitor.store.database import Database
 from monitor.store.queries import (
     FeedState,
@@ -228,20 +228,26 @@ class Refresher:
                               new_articles=stored.new_articles, duplicates=stored.duplicates,
                               alerts=stored.alerts, elapsed=fetched.elapsed), None
 
-    def _parse_and_prepare(self, feed: FeedState,
-                           fetched: Fetched) -> tuple[ParsedFeed, list[Candidate | Entry]]:
+    def _parse_and_prepare(self, feed: FeedState, fetched: Fetched
+                           ) -> tuple[ParsedFeed, list[Candidate | Entry | UnreadEntry]]:
         """The parsed document and its entries, prepared but for those the feed most likely
-        carried already (left as they are, for `store_candidates` to check)."""
-        parsed = parse_feed(fetched.body, fetched.headers, fetched.url)
+        carried already: those are left as they are (unread where parsing could tell by the
+        key alone), for `store_candidates` to check."""
         carried = set(self._carried.get(feed.id, ()))
+        parsed = parse_feed(fetched.body, fetched.headers, fetched.url,
+                            carried=lambda key: hash(key) in carried)
         return parsed, [e if hash(e.key) in carried else self._prepare(feed, e)
                         for e in parsed.entries]
 
-    def _prepare(self, feed: FeedState, entry: Entry) -> Candidate:
-        return prepare(entry, feed.name, self.matcher)
+    def _prepare(self, feed: FeedState, entry: Entry | UnreadEntry) -> Candidate:
+        # An unread entry is prepared only when `store_candidates` finds that the feed does
+        # not carry it after all: then its text is read, as parsing would have.
+        return prepare(entry.read() if isinstance(entry, UnreadEntry) else entry, feed.name,
+                       self.matcher)
 
     def _store(self, feed: FeedState, interval: float, fetched: Fetched, parsed: ParsedFeed,
-               candidates: list[Candidate | Entry], now: datetime) -> StoreResult:
+               candidates: list[Candidate | Entry | UnreadEntry], now: datetime
+               ) -> StoreResult:
         planned = planned_interval(
             interval, self.schedule,
             [parsed.ttl_seconds, parsed.update_period_seconds, fetched.max_age],

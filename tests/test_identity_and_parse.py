@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from monitor.identity import canonical_link, fingerprint
-from monitor.parse import NotAFeed, parse_feed
+from monitor.parse import Entry, NotAFeed, UnreadEntry, parse_feed
 from tests.conftest import shared_testdata
 from tests.servers import rss
 
@@ -45,6 +45,40 @@ def test_parse_entries_keys_and_dates() -> None:
     assert second.key == "link:https://x.ir/2"
     assert third.key.startswith("hash:")
 
+
+
+def test_entries_the_caller_carried_are_left_unread_where_their_key_says_so() -> None:
+    """With `carried`, an entry with a link whose key (its GUID, else its link) the caller
+    has is left unread, and `read` makes the very entry parsing makes without `carried`, even
+    one whose text is empty once markup is removed. Without a link parsing cannot tell
+    (a key from the text, or an entry dropped for lack of text), so those are made as ever;
+    the caller is asked only about keys known without the text."""
+    body = rss([
+        {"title": "<b>سازمان</b> همکاری", "link": "https://x.ir/1", "guid": "g1",
+         "description": "<p>متن &amp; خبر</p>", "pubDate": "Sun, 22 Nov 2026 10:00:00 +0330",
+         "author": "نویسنده"},
+        {"title": "بدون شناسه", "link": "https://x.ir/2"},
+        {"title": "<br/>", "link": "https://x.ir/3", "guid": "g3"},
+        {"title": "فقط شناسه", "guid": "g4"},
+        {"title": "فقط متن", "description": "بدون لینک"},
+        {"title": "خبر تازه", "link": "https://x.ir/6", "guid": "g6"},
+    ]).replace("<guid>g4", '<guid isPermaLink="false">g4').encode()  # else g4 is its link
+    headers = {"content-type": "application/rss+xml"}
+    asked: list[str] = []
+
+    def carried(key: str) -> bool:
+        asked.append(key)
+        return not key.endswith("g6")
+
+    made = parse_feed(body, headers, "http://127.0.0.1/f").entries
+    left = parse_feed(body, headers, "http://127.0.0.1/f", carried=carried).entries
+    assert [type(e) for e in left] == [UnreadEntry] * 3 + [Entry] * 3
+    assert asked == [made[n].key for n in (0, 1, 2, 5)]
+    assert asked[1] == "link:https://x.ir/2"
+    assert [(e.key, e.link, e.published) for e in left] == \
+        [(e.key, e.link, e.published) for e in made]
+    assert [e.read() if isinstance(e, UnreadEntry) else e for e in left] == made
+    assert made[2].title == ""
 
 def test_not_a_feed() -> None:
     with pytest.raises(NotAFeed):

@@ -14,16 +14,18 @@ import pytest
 from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+import monitor.parse
 import monitor.refresh
 from monitor.articles import Candidate, prepare
 from monitor.config import load_config, load_secrets
-from monitor.parse import Entry
+from monitor.parse import Entry, parse_feed
 from monitor.refresh import RefreshOutcome, ReleaseBatcher
 from monitor.service import Monitor
 from monitor.store.database import Database
 from monitor.store.models import Article, Feed, FeedEntry
 from monitor.store.queries import Release
 from monitor.text.match import Matcher
+from monitor.text.normalize import display_text
 from tests.conftest import write_config
 from tests.servers import FeedServer, Route, rss
 
@@ -258,25 +260,44 @@ def test_a_feed_whose_lease_was_spent_waiting_is_given_back_unfetched(
     assert (row.lease_owner, row.lease_until) == (None, None)
 
 
+@pytest.mark.parametrize("identity", ["guid", "text"])
 def test_entries_the_feed_carried_are_not_prepared_again(
         tmp_path: Path, db_url: str, feed_server: FeedServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, identity: str) -> None:
     """A changed feed prepares only its new entries; the old ones are still marked as carried
     (last_seen) and skipped. A wrong guess (the feed no longer carries an entry it carried at
-    our last refresh) costs a late prepare, never an article."""
+    our last refresh) costs a late prepare, never an article.
+
+    An entry with a GUID (which feedparser also takes for its link) has its key before its
+    text, so the old ones' display text is not even made; a wrong guess's is made when it is
+    prepared. The key of an entry with neither GUID nor link is a hash of its text, which
+    parsing must make to know it."""
     prepared: list[str] = []
+    displayed: list[str] = []
 
     def spy(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
         prepared.append(entry.key)
         return prepare(entry, feed_name, matcher)
 
-    monkeypatch.setattr(monitor.refresh, "prepare", spy)
+    def display_spy(raw: str | None) -> str:
+        displayed.append(raw or "")
+        return display_text(raw)
 
-    def key(n: int) -> str:
-        return f"guid:tag:example.org,2026:{n}"
+    monkeypatch.setattr(monitor.refresh, "prepare", spy)
+    monkeypatch.setattr(monitor.parse, "display_text", display_spy)
 
     items = {n: {"title": f"خبر شماره {n} درباره موضوعی جدا", "guid": f"tag:example.org,2026:{n}",
                  "description": f"متن خبر {n} " + "واژه " * n} for n in range(1, 5)}
+    if identity == "text":
+        for item in items.values():
+            del item["guid"]
+
+    def key(n: int) -> str:
+        [entry] = parse_feed(rss([items[n]]).encode(), {}, "http://127.0.0.1/f").entries
+        return entry.key
+
+    def titles_displayed() -> list[int]:
+        return sorted(n for n, item in items.items() if item["title"] in displayed)
     url = feed_server.set_feed("/f", rss([items[1], items[2]]))
     app = make_monitor(tmp_path, db_url, {"f": url})
 
@@ -285,13 +306,14 @@ def test_entries_the_feed_carried_are_not_prepared_again(
             return {key: (first, last) for key, first, last in session.execute(
                 select(FeedEntry.entry_key, FeedEntry.first_seen, FeedEntry.last_seen))}
 
-    async def run() -> list[tuple[RefreshOutcome, list[str], dict[str, tuple]]]:
+    async def run() -> list[tuple[RefreshOutcome, list[str], dict[str, tuple], list[int]]]:
         steps = []
         for document in ([1, 2], [3, 1, 2], [4, 3, 1]):
             feed_server.set_feed("/f", rss([items[n] for n in document]))
             prepared.clear()
+            displayed.clear()
             [outcome] = await app.refresh_feeds(due_only=False)
-            steps.append((outcome, list(prepared), entries()))
+            steps.append((outcome, list(prepared), entries(), titles_displayed()))
             if document == [3, 1, 2]:
                 # As if retention or another daemon had dropped what we remember.
                 with app.db.session() as session:
@@ -301,19 +323,22 @@ def test_entries_the_feed_carried_are_not_prepared_again(
 
     first, second, third = asyncio.run(run())
     assert first[0].new_articles == 2 and first[1] == [key(1), key(2)]
+    assert first[3] == [1, 2]
 
-    outcome, keys, seen = second
+    outcome, keys, seen, displayed_titles = second
     assert keys == [key(3)]  # 1 and 2 were carried: not prepared again
+    assert displayed_titles == ([3] if identity == "guid" else [1, 2, 3])
     assert (outcome.result, outcome.entries, outcome.new_articles, outcome.duplicates) == \
         ("stored", 3, 1, 0)
     stored_at = seen[key(3)][0]
     assert seen[key(1)][1] == seen[key(2)][1] == stored_at  # still touched
     assert seen[key(1)][0] == seen[key(2)][0] == first[2][key(1)][0] < stored_at
 
-    outcome, keys, seen = third
+    outcome, keys, seen, displayed_titles = third
     # 3 is carried; 1 was guessed carried, found not to be and prepared while storing: it
     # is the article stored at the first refresh again (same text), recorded anew.
     assert keys == [key(4), key(1)]
+    assert displayed_titles == ([1, 4] if identity == "guid" else [1, 3, 4])
     assert (outcome.entries, outcome.new_articles, outcome.duplicates) == (3, 1, 1)
     assert set(seen) == {key(1), key(2), key(3), key(4)}
     assert seen[key(3)][1] == seen[key(4)][0] == seen[key(1)][0]

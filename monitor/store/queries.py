@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from monitor import metrics, stories
 from monitor.articles import Candidate
 from monitor.config import FeedConfig
-from monitor.parse import Entry
+from monitor.parse import Entry, UnreadEntry
 from monitor.store.models import Alert, Article, ArticleBand, Delivery, Feed, FeedEntry, Story
 from monitor.stories import DEFAULT_RULES, Sketch, StoryRules
 from monitor.text.match import Match
@@ -298,20 +298,20 @@ def store_candidates(
     *,
     feed_id: int | None,
     origin: str,
-    candidates: Sequence[Candidate | Entry],
+    candidates: Sequence[Candidate | Entry | UnreadEntry],
     channels_for: Callable[[str], Sequence[str]],
     now: datetime,
     baseline: bool = False,
     rules: StoryRules = DEFAULT_RULES,
-    prepare: Callable[[Entry], Candidate] | None = None,
+    prepare: Callable[[Entry | UnreadEntry], Candidate] | None = None,
 ) -> StoreResult:
     """Store new articles, each in its story, and in the same transaction their alerts and
     outbox rows.
 
-    A bare `Entry` among the candidates is one the caller expects the feed to have carried
-    before and left unprepared (preparing is most of the cost of an old entry); should the
-    feed not carry it, it is prepared here with `prepare`, so a wrong guess costs time, never
-    an article.
+    A bare `Entry` (or `UnreadEntry`) among the candidates is one the caller expects the feed
+    to have carried before and left unprepared (preparing is most of the cost of an old
+    entry); should the feed not carry it, it is prepared here with `prepare`, so a wrong
+    guess costs time, never an article.
 
     An entry the feed carried before is skipped; an item that is a stored article (the one
     at its canonical link, or for an item without a link the one with the same text from the
@@ -325,19 +325,19 @@ def store_candidates(
     """
     result = StoreResult()
     connection = _connection(session)
-    keys = list(dict.fromkeys(_entry_of(c).key for c in candidates))
+    keys = list(dict.fromkeys(_key_of(c) for c in candidates))
     carried = (_touch_carried(connection, feed_id, keys, now) if feed_id is not None
                else set())
     fresh: list[Candidate] = []
     seen = set(carried)
     for candidate in candidates:
-        key = _entry_of(candidate).key
+        key = _key_of(candidate)
         if key in seen:
             result.already_seen += 1
             continue
         if feed_id is not None:
             seen.add(key)
-        if isinstance(candidate, Entry):
+        if not isinstance(candidate, Candidate):
             if prepare is None:
                 raise ValueError(f"entry {key!r} is not carried and cannot be prepared")
             candidate = prepare(candidate)
@@ -375,8 +375,8 @@ def store_candidates(
     return result
 
 
-def _entry_of(candidate: Candidate | Entry) -> Entry:
-    return candidate if isinstance(candidate, Entry) else candidate.entry
+def _key_of(candidate: Candidate | Entry | UnreadEntry) -> str:
+    return candidate.entry.key if isinstance(candidate, Candidate) else candidate.key
 
 
 def _stored_articles(connection: Connection, origin: str, fresh: Sequence[Candidate]

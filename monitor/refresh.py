@@ -145,16 +145,23 @@ class ReleaseBatcher:
                 and self.expected() > len(self._pending) + self._writing)
 
     async def _linger(self) -> None:
+        """Wait while more outcomes are on their way, up to `linger` seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.linger
-        while self._more_coming() and loop.time() < deadline:
-            self._wake = loop.create_future()
-            timer = loop.call_at(deadline, self.wake)
-            try:
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self.wake()
+
+        timer = loop.call_later(self.linger, expire)
+        try:
+            while not expired and self._more_coming():
+                self._wake = loop.create_future()
                 await self._wake
-            finally:
-                timer.cancel()
-                self._wake = None
+        finally:
+            timer.cancel()
+            self._wake = None
 
     async def _write_batches(self) -> None:
         batch: list[tuple[Release, asyncio.Future[None]]] = []

@@ -135,14 +135,18 @@ class ReleaseBatcher:
             self.wake()
         await done
 
+    @property
+    def waiting(self) -> int:
+        """Outcomes handed over and not yet written: refreshes that are done but for this."""
+        return len(self._pending) + self._writing
+
     def wake(self) -> None:
         """Have a lingering batch look again whether to wait on (a refresh ended)."""
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
     def _more_coming(self) -> bool:
-        return (len(self._pending) < self.limit
-                and self.expected() > len(self._pending) + self._writing)
+        return len(self._pending) < self.limit and self.expected() > self.waiting
 
     async def _linger(self) -> None:
         """Wait while more outcomes are on their way, up to `linger` seconds."""

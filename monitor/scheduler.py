@@ -125,9 +125,11 @@ class Daemon:
         """Claim what is due and start a task per feed without waiting for them: a feed
         that takes its full 30 s never holds back the next tick's feeds."""
         try:
-            # Claim no more than can start soon, so that leases are not spent waiting.
+            # Claim no more than can start soon, so that leases are not spent waiting. A
+            # refresh whose outcome waits to share a transaction needs no fetch slot.
             started = time.monotonic()
-            room = 2 * self.monitor.config.fetch.concurrency - len(self._in_flight)
+            room = (2 * self.monitor.config.fetch.concurrency
+                    - (len(self._in_flight) - self.monitor.recording))
             feeds = await self.monitor.claim_feeds(room, ahead=self._ahead)
             self._database_back()
             self._last_cycle = time.monotonic()

@@ -201,6 +201,11 @@ class Monitor:
                 expected=lambda: self._unfinished)
         return self._refresher
 
+    @property
+    def recording(self) -> int:
+        """Refreshes that are done but for writing their outcome (`ReleaseBatcher`)."""
+        return 0 if self._refresher is None else self._refresher.releases.waiting
+
     async def close(self) -> None:
         for fetcher in (*self._retired_fetchers, self._fetcher):
             if fetcher is not None:

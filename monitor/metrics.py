@@ -57,18 +57,22 @@ DEAD_LETTERS = Counter("monitor_alert_dead_letters", "Deliveries given up on, by
 PRUNED = Counter("monitor_pruned_rows", "Rows removed by retention, by table", ["table"],
                  registry=None)
 
-for _result in FETCH_RESULTS:
-    FETCHES.labels(_result)  # a series at 0 from the start makes rate() work at once
+# A series at 0 from the start makes rate() work at once. Kept by result: `labels()` takes
+# a lock and builds its key on every call, once per feed refreshed.
+_FETCHES_BY_RESULT = {result: FETCHES.labels(result) for result in FETCH_RESULTS}
 
 _MODULE_METRICS = (FETCHES, FETCH_SECONDS, ITEMS_STORED, DUPLICATES, MATCHES, DELIVERIES,
                    LAST_CYCLE, CYCLE_SECONDS, DEAD_LETTERS, PRUNED)
 
 
 def record_refresh(outcome: RefreshOutcome) -> None:
-    FETCHES.labels(outcome.result).inc()
+    counter = _FETCHES_BY_RESULT.get(outcome.result) or FETCHES.labels(outcome.result)
+    counter.inc()
     FETCH_SECONDS.observe(outcome.elapsed)
-    ITEMS_STORED.inc(outcome.new_articles)
-    DUPLICATES.inc(outcome.duplicates)
+    if outcome.new_articles:  # adding 0 changes nothing, but takes the counter's lock
+        ITEMS_STORED.inc(outcome.new_articles)
+    if outcome.duplicates:
+        DUPLICATES.inc(outcome.duplicates)
 
 
 def record_match(watch: str) -> None:

@@ -111,6 +111,9 @@ class Monitor:
         self._refresher: Refresher | None = None
         self._fetch_slots: asyncio.Semaphore | None = None
         self._retired_fetchers: list[Fetcher] = []
+        # Feeds claimed and not yet refreshed or given back: while some are, a 304's outcome
+        # may wait a moment to share their transaction (`ReleaseBatcher`).
+        self._unfinished = 0
         # Delivery's database work runs on a thread of its own: in asyncio's shared pool a
         # claim queued behind the feeds' writes (dozens a second in a daemon, one per 304).
         self._delivery_thread = ThreadPoolExecutor(max_workers=1,
@@ -198,8 +201,14 @@ class Monitor:
             self._refresher = Refresher(
                 self.db, self.fetcher, self.matcher, self.active_channels_for, self.owner,
                 self.story_rules, self.config.schedule,
-                patience=self.config.database.lease_seconds / 2, slots=self._fetch_slots)
+                patience=self.config.database.lease_seconds / 2, slots=self._fetch_slots,
+                expected=lambda: self._unfinished)
         return self._refresher
+
+    @property
+    def recording(self) -> int:
+        """Refreshes that are done but for writing their outcome (`ReleaseBatcher`)."""
+        return 0 if self._refresher is None else self._refresher.releases.waiting
 
     async def close(self) -> None:
         for fetcher in (*self._retired_fetchers, self._fetcher):
@@ -227,7 +236,15 @@ class Monitor:
                                        limit, due_only=due_only,
                                        due_by=now + timedelta(seconds=ahead))
 
-        return await asyncio.to_thread(claim)
+        feeds = await asyncio.to_thread(claim)
+        self._unfinished += len(feeds)
+        return feeds
+
+    def _finished(self) -> None:
+        """A claimed feed was refreshed or given back: one fewer for a batch to wait for."""
+        self._unfinished = max(0, self._unfinished - 1)
+        if self._refresher is not None:
+            self._refresher.releases.wake()
 
     async def give_back(self, feed: FeedState) -> None:
         """Release a claimed feed without fetching it; it stays due when it was due."""
@@ -236,8 +253,11 @@ class Monitor:
                 release_feeds(connection, self.owner,
                               [Release(feed.id, {"next_check_at": feed.due_at})])
 
-        if feed.due_at is not None:
-            await asyncio.to_thread(write)
+        try:
+            if feed.due_at is not None:
+                await asyncio.to_thread(write)
+        finally:
+            self._finished()
 
     async def refresh(self, feed: FeedState) -> RefreshOutcome:
         """Refresh one claimed feed; never raises."""
@@ -253,6 +273,8 @@ class Monitor:
             else:
                 log.exception("feed %s: refresh failed unexpectedly", feed.name)
             outcome = RefreshOutcome(feed.name, "error", error=f"internal error: {exc}")
+        finally:
+            self._finished()
         metrics.record_refresh(outcome)
         return outcome
 

@@ -333,6 +333,38 @@ def test_adaptive_interval_follows_the_publishing_rate() -> None:
     assert planned_interval(300, schedule, [], quiet, now) == 7200
 
 
+def test_cookies_a_feed_sets_are_sent_back_and_headers_read_as_httpx_reads_them(
+        feed_server: FeedServer) -> None:
+    """The jar is consulted only for responses that set a cookie (`_SetCookies`), which must
+    not lose one: a cookie set on a redirect hop or a 304 is sent with the next request. And
+    the response's headers, read once into a dict, answer as httpx would: a repeated
+    header's values joined by ", "."""
+    feed_server.set_feed("/feed", GOOD)
+    feed_server.routes["/gate"] = Route(handler=lambda h: _headers(
+        h, 302, {"location": "/feed", "set-cookie": "gate=open; Path=/",
+                 "content-length": "0"}))
+    feed_server.routes["/repeat"] = Route(handler=lambda h: (
+        h.send_response(304), h.send_header("cache-control", "public"),
+        h.send_header("cache-control", "max-age=900"), h.send_header("etag", '"e"'),
+        h.send_header("set-cookie", "seen=304; Path=/"), h.send_header("content-length", "0"),
+        h.end_headers()))
+
+    async def fetch_all() -> list[object]:
+        fetcher = Fetcher(FetchConfig(), ALLOW_LOOPBACK)
+        try:
+            return [await fetcher.fetch(feed_server.url(path))
+                    for path in ("/gate", "/repeat", "/feed")]
+        finally:
+            await fetcher.close()
+
+    gate, repeat, feed = asyncio.run(fetch_all())
+    assert gate.ok and feed.ok  # type: ignore[attr-defined]
+    cookies = [r.headers.get("cookie", "") for r in feed_server.requests]
+    assert cookies == ["", "gate=open", "gate=open", "gate=open; seen=304"]
+    assert repeat.headers["cache-control"] == "public, max-age=900"  # type: ignore[attr-defined]
+    assert repeat.max_age == 900 and repeat.validators.etag == '"e"'  # type: ignore[attr-defined]
+
+
 def test_per_host_concurrency_and_spacing(feed_server: FeedServer) -> None:
     in_flight = 0
     peak = 0

@@ -218,6 +218,65 @@ def test_feed_rows_of_a_batch_are_written_in_one_transaction_within_their_leases
             seconds=60 + row.id)
 
 
+def test_304s_arriving_one_by_one_share_a_transaction_while_more_are_claimed(
+        tmp_path: Path, db_url: str, feed_server: FeedServer) -> None:
+    """Feeds start at their own due times, so their 304s arrive one by one. While other
+    claimed feeds are still to come, an outcome waits (up to `RELEASE_LINGER`) to share
+    their transaction; the last one is written at once instead of waiting out the timer."""
+    names = [f"f{i}" for i in range(5)]
+    urls = {n: feed_server.set_feed(f"/{n}.xml", rss([{"title": n, "guid": n}]))
+            for n in names}
+    monitor = make_monitor(tmp_path, db_url, urls)
+
+    async def cycle(spread: float) -> tuple[list[RefreshOutcome], int, float]:
+        feeds = await monitor.claim_feeds(10, due_only=False)
+        transactions: list[object] = []
+        count = transactions.append  # one object, for `event.remove`
+        event.listen(monitor.db.engine, "begin", count)
+        started = time.monotonic()
+
+        async def at_its_time(i: int, feed: object) -> RefreshOutcome:
+            await asyncio.sleep(i * spread)
+            return await monitor.refresh(feed)  # type: ignore[arg-type]
+
+        try:
+            outcomes = await asyncio.gather(*(at_its_time(i, f) for i, f in enumerate(feeds)))
+        finally:
+            event.remove(monitor.db.engine, "begin", count)
+        return outcomes, len(transactions), time.monotonic() - started
+
+    async def scenario() -> None:
+        try:
+            await cycle(0)  # stores the documents and their validators
+            outcomes, transactions, took = await cycle(0.05)
+            assert [o.result for o in outcomes] == ["not_modified"] * 5
+            assert transactions == 1
+            assert took < 1.0
+        finally:
+            await monitor.close()
+
+    asyncio.run(scenario())
+    for name in names:
+        row = feed_row(monitor, name)
+        assert (row.lease_owner, row.last_status) == (None, 304)
+
+
+def test_a_lingering_release_waits_no_longer_than_its_bound(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'monitor.db'}")
+    db.migrate()
+
+    async def release_one(linger: float, expected: int) -> float:
+        batcher = ReleaseBatcher(db, "me:1", linger=linger, expected=lambda: expected)
+        started = time.monotonic()
+        await batcher.release(Release(1, {"next_check_at": datetime.now(UTC)}))
+        return time.monotonic() - started
+
+    # Nothing else on its way: written at once, whatever the bound.
+    assert asyncio.run(release_one(linger=30, expected=1)) < 1.0
+    # Others claimed that never come (stuck on a slow server): the bound, and no more.
+    assert 0.3 <= asyncio.run(release_one(linger=0.3, expected=5)) < 1.5
+
+
 def test_a_failed_batch_write_is_the_error_of_every_refresh_in_it(tmp_path: Path) -> None:
     broken = tmp_path / "a-directory"
     broken.mkdir()

@@ -112,8 +112,9 @@ def tls_context() -> ssl.SSLContext:
     certificates verified against certifi's CA bundle, as httpx does by default.
 
     One context for all of them, built on first use: each context holds its own parsed copy
-    of the CA bundle, about 0.8 MB, and the clients' settings never differ. A context is
-    safe to share between connections and clients; nothing changes it after it is built.
+    of the CA bundle (about 0.7 MB, and 20-40 ms of CPU to build), and the clients' settings
+    never differ. A context is safe to share between connections and clients; nothing
+    changes it after it is built.
     """
     return httpx.create_ssl_context(trust_env=False)
 

@@ -45,12 +45,21 @@ def _migrations_dir() -> Path:
 SCHEMA_HEADS = frozenset({"0105", "0106", "0107"})
 
 
+# SQLite's page cache per connection, in KiB (a negative cache_size is KiB, not pages).
+# SQLite's default, 2,000 KiB, fills up in a daemon and stays for the connection's life:
+# with the schema and prepared statements, 2.9 MB per pooled connection. The pages it
+# would keep are in the operating system's file cache anyway, a read() away; 512 KiB
+# keeps the B-tree's inner pages, which every statement walks, and measured no CPU cost.
+SQLITE_CACHE_KIB = 512
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 

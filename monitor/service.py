@@ -326,14 +326,14 @@ class Monitor:
             return summary
         await self._fault_pause("after_claim")
 
-        async def send(message: Outgoing) -> tuple[Outgoing, DeliveryResult]:
+        async def attempt(message: Outgoing) -> tuple[Outgoing, DeliveryResult]:
             try:
                 return message, await self.channels[message.channel].send(message)
             except Exception as exc:  # a channel bug is a failed attempt, not a crash
                 log.exception("channel %s: unexpected error", message.channel)
                 return message, DeliveryResult.failure(f"internal error: {exc}")
 
-        results = await asyncio.gather(*(send(m) for m in messages))
+        results = await asyncio.gather(*(attempt(m) for m in messages))
         await self._fault_pause("after_send")
 
         def record() -> None:

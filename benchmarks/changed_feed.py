@@ -16,14 +16,12 @@ import argparse
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from sqlalchemy import select, update
 
-from benchmarks.corpus import Corpus
+from benchmarks.loopback import FeedSite
 from benchmarks.worker import WEBHOOK_SECRET, WEBHOOK_SECRET_ENV, bench_config
 from monitor.config import load_config, load_secrets
 from monitor.fetch import Fetched
@@ -32,29 +30,13 @@ from monitor.store.models import Feed
 from monitor.store.queries import FeedState
 
 URL = "http://127.0.0.1:9/feed"
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def document(corpus: Corpus, numbers: list[int]) -> bytes:
-    items = []
-    for n in numbers:
-        item = corpus.item(n)
-        items.append(
-            f"<item><title>{escape(item.title)}</title><link>http://127.0.0.1/a/{n}</link>"
-            f"<guid isPermaLink=\"false\">bench-{n}</guid>"
-            f"<pubDate>{format_datetime(EPOCH + timedelta(minutes=n), usegmt=True)}</pubDate>"
-            f"<description>{escape(item.description)}</description></item>")
-    return ('<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel>'
-            "<title>خبرگزاری آزمایشی</title><link>http://127.0.0.1/</link>"
-            "<language>fa</language>" + "".join(items) + "</channel></rss>").encode()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
-    corpus = Corpus()
+    site = FeedSite(feeds=1, items=args.items)  # the steady cycle's documents
+    [document] = site.feeds
     with tempfile.TemporaryDirectory(prefix="bench-changed-") as tmp:
         work = Path(tmp)
         config = load_config(bench_config(work / "monitor.yaml",
@@ -70,8 +52,9 @@ def main() -> None:
         newest = 1000 + args.items
         cpu: list[float] = []
         for round_ in range(args.rounds + 1):
-            numbers = list(range(newest + round_, newest + round_ - args.items, -1))
-            fetched = Fetched(url=URL, status=200, body=document(corpus, numbers),
+            document.items = list(range(newest + round_, newest + round_ - args.items, -1))
+            site.render(document)
+            fetched = Fetched(url=URL, status=200, body=document.body,
                               headers={"content-type": "application/rss+xml; charset=utf-8"})
             with monitor.db.session() as session:  # as claimed: the release needs the lease
                 session.execute(update(Feed).values(lease_owner=refresher.owner))

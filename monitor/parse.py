@@ -1,8 +1,8 @@
 """Feed bytes to entries with feedparser. Pure: no network, no database.
 
 Before feedparser sees a document, entity declarations that could blow up are removed
-(`guard_entities`), and a feed that says it is in a legacy single-byte charset while its bytes
-are valid UTF-8 is read as UTF-8 (`_charset_fixed_headers`).
+(`guard_entities`), and a charset declaration that lies the way Persian and Arabic feeds'
+declarations lie is corrected (`_read_charset`).
 
 A refresh of a changed feed passes the keys it stored last time (`carried`): an entry with
 one of them is left unread (`UnreadEntry`), without its display text, where its key can be
@@ -59,6 +59,18 @@ _UPDATE_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400,
                    "monthly": 30 * 86400, "yearly": 365 * 86400}
 _SINGLE_BYTE = re.compile(r"^(us-?ascii|ascii|latin-?1|l1|iso[-_]?8859[-_]?\d+|"
                           r"(windows|cp)[-_]?125\d)$", re.I)
+_UTF8 = re.compile(r"^utf-?8$", re.I)
+# A UTF-8 document with at most one bad sequence per this many good non-ASCII characters (or
+# one in all) is UTF-8 with damage, not text in another charset (bad nearly everywhere).
+_MAX_BAD_UTF8_SHARE = 50
+# windows-1256 text read as such is Arabic script, the joiners of Persian typing, NBSP and
+# punctuation. Text in another single-byte charset read as windows-1256 has the Latin-1
+# letters and signs windows-1256 keeps among its Arabic letters (é, ç, ô, ×...) or its
+# direction marks (where Turkish has ı and ş): Cyrillic, Greek, Hebrew and Turkish have some
+# in nearly every line.
+_CP1256_TEXT = re.compile("[\u0600-\u06ff\u200c\u200d\u00a0\u00ab\u00bb\u2010-\u2027]")
+_MIN_CP1256_SHARE = 0.99
+_MIN_CP1256_LETTERS = 8
 
 
 @dataclass(frozen=True)
@@ -159,25 +171,62 @@ def _drop_bad_charrefs(body: bytes) -> bytes:
     return _CHARREF.sub(replace, body)
 
 
-def _charset_fixed_headers(body: bytes, headers: dict[str, str]) -> dict[str, str]:
-    """Read a feed that claims a legacy single-byte charset as UTF-8 when its bytes are valid
-    UTF-8 with non-ASCII text: a wrong declaration, not a coincidence, since cp1252 or
-    cp1256 text is almost never valid UTF-8. Otherwise the headers are left as they are."""
+def _declared_charsets(body: bytes, headers: Mapping[str, str]) -> list[str]:
+    """The charsets the HTTP header and the XML declaration name, in that order."""
     content_type = headers.get("content-type", "")
     header_charset = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", content_type, re.I)
     declaration = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)", body[:200])
     declared = [m.group(1) for m in (header_charset, declaration) if m]
-    declared = [d.decode("ascii", "replace") if isinstance(d, bytes) else d for d in declared]
-    if not declared or not all(_SINGLE_BYTE.match(d) for d in declared):
-        return headers
-    if body.isascii():
-        return headers
+    return [d.decode("ascii", "replace") if isinstance(d, bytes) else d for d in declared]
+
+
+def _with_charset(headers: dict[str, str], charset: str) -> dict[str, str]:
+    media_type = headers.get("content-type", "").split(";")[0].strip() or "application/xml"
+    return {**headers, "content-type": f"{media_type}; charset={charset}"}
+
+
+def _read_charset(body: bytes, headers: dict[str, str]
+                  ) -> tuple[bytes, dict[str, str], str | None]:
+    """Body and headers that make feedparser read the text the publisher wrote, when the
+    declared charset is wrong in one of the ways Persian and Arabic feeds get it wrong.
+    Returns a note when the body had to be repaired.
+
+    - A legacy single-byte charset declared, valid UTF-8 with non-ASCII text: UTF-8. A wrong
+      declaration, not a coincidence: cp1252 or cp1256 text is almost never valid UTF-8.
+    - UTF-8 declared (or nothing, which means UTF-8 in XML) but not valid UTF-8:
+      - a few bad sequences in UTF-8 text (a CMS that cut a summary in the middle of a
+        two-byte Persian letter): the bad bytes are dropped. Otherwise feedparser reads the
+        whole document as windows-1252 and every item of the feed becomes mojibake, stored
+        and never matched, and carried as known once the feed is mended;
+      - windows-1256 text (older Iranian and Arab CMSes that label it UTF-8): read as
+        windows-1256, when nearly all its non-ASCII characters are then Arabic script.
+    Anything else is left to feedparser, which notes what it did (cp1252 read as cp1252)."""
+    declared = _declared_charsets(body, headers)
+    if body.isascii() or _codec(body) != "latin-1":  # ASCII, or UTF-16/32 by its bytes
+        return body, headers, None
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
-        return headers
-    media_type = content_type.split(";")[0].strip() or "application/xml"
-    return {**headers, "content-type": f"{media_type}; charset=utf-8"}
+        pass
+    else:
+        if declared and all(_SINGLE_BYTE.match(d) for d in declared):
+            return body, _with_charset(headers, "utf-8"), None
+        return body, headers, None
+    if not all(_UTF8.match(d) for d in declared):
+        return body, headers, None
+    text, kept = body.decode("utf-8", "replace"), body.decode("utf-8", "ignore")
+    bad = text.count("\ufffd") - kept.count("\ufffd")
+    good = sum(not c.isascii() for c in kept)
+    if 0 < bad <= max(1, good // _MAX_BAD_UTF8_SHARE) < good:
+        return kept.encode("utf-8"), _with_charset(headers, "utf-8"), (
+            f"declared as UTF-8 but {bad} invalid byte sequence(s) in it; dropped")
+    legacy = body.decode("cp1256")  # every byte maps to a character
+    foreign = [c for c in legacy if not c.isascii()]
+    arabic = sum(1 for c in foreign if _CP1256_TEXT.match(c))
+    if arabic >= _MIN_CP1256_LETTERS and arabic >= _MIN_CP1256_SHARE * len(foreign):
+        return legacy.encode("utf-8"), _with_charset(headers, "utf-8"), (
+            "declared as UTF-8 but written in windows-1256; read as windows-1256")
+    return body, headers, None
 
 
 def _link(raw: Mapping[str, object]) -> str | None:
@@ -269,16 +318,16 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str,
     response_headers["content-location"] = url
     body, entity_note = guard_entities(body)
     body = _drop_bad_charrefs(body)
-    response_headers = _charset_fixed_headers(body, response_headers)
+    body, response_headers, charset_note = _read_charset(body, response_headers)
     try:
         result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
     except Exception as exc:  # a feedparser bug on hostile input is this feed's problem only
         raise NotAFeed(f"the feed parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
-    problem = entity_note
+    notes = [entity_note, charset_note]
     if result.get("bozo"):
         exc = result.get("bozo_exception")
-        problem = "; ".join(filter(None, [
-            entity_note, f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed"]))
+        notes.append(f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed")
+    problem = "; ".join(filter(None, notes)) or None
     entries = [e for raw in result.get("entries", [])
                if (e := _unread_or_entry(raw, carried)) is not None]
     feed_info = result.get("feed", {})

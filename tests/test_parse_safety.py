@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.parse import guard_entities, parse_feed
+from monitor.parse import Entry, guard_entities, parse_feed
+from tests.conftest import shared_testdata
 from tests.servers import CanaryServer
 
 RSS_HEADERS = {"content-type": "application/rss+xml"}
@@ -117,13 +118,75 @@ def test_utf8_declared_as_a_legacy_charset_is_read_as_utf8() -> None:
     assert parsed.entries[0].title == "سازمان همکاری اسلامی"
 
 
-def test_cp1252_declared_as_utf8_is_read_as_cp1252() -> None:
-    body = feed("Café crème – l’OCI",
-                declaration='<?xml version="1.0" encoding="utf-8"?>').encode("cp1252")
+@pytest.mark.parametrize("title", ["Café crème – l’OCI", "Größere Ölförderung für Äthiopien"])
+def test_cp1252_declared_as_utf8_is_read_as_cp1252(title: str) -> None:
+    # Not taken for windows-1256: read that way, its accented letters are only partly
+    # Arabic script.
+    body = feed(title, declaration='<?xml version="1.0" encoding="utf-8"?>').encode("cp1252")
     parsed = parse_feed(body, {"content-type": "application/rss+xml; charset=utf-8"},
                         "http://127.0.0.1/f")
-    assert parsed.entries[0].title == "Café crème – l’OCI"
+    assert parsed.entries[0].title == title
     assert parsed.problem is not None and "CharacterEncoding" in parsed.problem
+
+
+@pytest.mark.parametrize(("headers", "declaration"), [
+    ({"content-type": "application/rss+xml; charset=utf-8"},
+     '<?xml version="1.0" encoding="utf-8"?>'),
+    ({"content-type": "text/xml"}, '<?xml version="1.0"?>'),  # UTF-8 by default
+])
+def test_windows_1256_declared_as_utf8_is_read_as_windows_1256(
+        headers: dict[str, str], declaration: str) -> None:
+    body = feed(OIC_ARABIC, declaration=declaration).encode("cp1256")
+    parsed = parse_feed(body, headers, "http://127.0.0.1/f")
+    assert persian_letters(parsed.entries[0].title) == persian_letters(OIC_ARABIC)
+    assert parsed.problem is not None and "windows-1256" in parsed.problem
+
+
+@pytest.mark.parametrize(("text", "codec"), [
+    ("Организация исламского сотрудничества в Москве", "koi8-r"),
+    ("Организация исламского сотрудничества в Москве", "cp1251"),
+    ("İslam İşbirliği Teşkilatı'nın toplantısı", "cp1254"),
+    ("ארגון שיתוף הפעולה האסלאמי", "cp1255"),
+])
+def test_other_single_byte_text_is_not_taken_for_windows_1256(text: str, codec: str) -> None:
+    # Read as windows-1256 these are mostly Arabic letters too, but with the Latin-1
+    # letters and signs windows-1256 keeps among them.
+    body = feed(text, declaration='<?xml version="1.0"?>').encode(codec)
+    parsed = parse_feed(body, RSS_HEADERS, "http://127.0.0.1/f")
+    assert "windows-1256" not in (parsed.problem or "")
+
+
+def test_a_persian_letter_cut_in_half_does_not_garble_the_feed() -> None:
+    # A CMS cut one summary at a byte count, in the middle of a two-byte letter: the rest of
+    # the feed is UTF-8 all the same, and must not become windows-1252 mojibake.
+    cut = "نشست وزیران امور خارجه".encode()[:-1]
+    body = (b'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>c'
+            b"</title><item><title>" + "سازمان همکاری اسلامی".encode()
+            + b"</title><link>http://127.0.0.1/1</link><description>" + cut
+            + b"</description></item></channel></rss>")
+    parsed = parse_feed(body, {"content-type": "application/rss+xml; charset=utf-8"},
+                        "http://127.0.0.1/f")
+    assert parsed.entries[0].title == "سازمان همکاری اسلامی"
+    assert parsed.entries[0].summary == "نشست وزیران امور خارج"
+    assert parsed.problem is not None and "1 invalid byte sequence" in parsed.problem
+
+
+def test_real_persian_feed_in_windows_1256_labelled_utf8() -> None:
+    """The shared real Persian feed, re-encoded as a cp1256 CMS would send it (Arabic yeh
+    and kaf, which cp1256 has, for the Persian ones, which it lacks) and labelled UTF-8,
+    parses to the same entries as the UTF-8 original."""
+    folder = shared_testdata("persian-feeds")
+    original = (folder / "pear-XML_Feed_Parser_hoder.xml").read_bytes().decode("utf-8")
+    legacy = original.translate(str.maketrans("یک", "يك")).encode("cp1256", "replace")
+    headers = {"content-type": "application/xml; charset=utf-8"}
+    expected = parse_feed(original.encode(), headers, "http://127.0.0.1/f").entries
+    parsed = parse_feed(legacy, headers, "http://127.0.0.1/f")
+    assert parsed.problem is not None and "windows-1256" in parsed.problem
+    assert len(parsed.entries) == len(expected) > 5
+    for got, want in zip(parsed.entries, expected, strict=True):
+        assert isinstance(got, Entry) and isinstance(want, Entry)
+        assert persian_letters(got.title) == persian_letters(want.title)
+        assert persian_letters(got.summary) == persian_letters(want.summary)
 
 
 def test_nul_and_lone_surrogates_are_stripped() -> None:

@@ -150,6 +150,14 @@ def test_hostile_encodings_are_stored_as_clean_utf8(tmp_path: Path, db_url: str,
         "nul": feed_server.set_feed(
             "/nul", rss([{"title": "x", "guid": "3"}]).replace(
                 "<title>x</title>", "<title>bad&#0;\x00 char&#xDC00;s</title>").encode()),
+        # Labelled UTF-8 but written in windows-1256, as older Iranian CMSes send it.
+        "cp1256-as-utf8": feed_server.set_feed(
+            "/cp1256-as-utf8", rss([{"title": arabic, "guid": "4"}], title="x").encode(
+                "cp1256"), content_type="application/rss+xml; charset=utf-8"),
+        # UTF-8 with one letter cut in half: the rest of the feed must stay Persian.
+        "cut": feed_server.set_feed(
+            "/cut", rss([{"title": persian, "guid": "5"}]).encode().replace(
+                "جده".encode(), "جده".encode()[:-1])),
     }
     monitor = make_monitor(tmp_path, db_url, feeds)
     outcomes = poll(monitor)
@@ -162,6 +170,12 @@ def test_hostile_encodings_are_stored_as_clean_utf8(tmp_path: Path, db_url: str,
         arabic.translate(str.maketrans("يك", "یک"))
     assert titles["utf16"] == persian
     assert titles["nul"].replace(" ", "") == "badchars"
+    assert titles["cp1256-as-utf8"].translate(str.maketrans("يك", "یک")) == \
+        arabic.translate(str.maketrans("يك", "یک"))
+    assert titles["cut"] == persian[:-1]
+    # The repairs are noted on the feed, for whoever runs it to tell the publisher.
+    assert "windows-1256" in feed_row(monitor, "cp1256-as-utf8").last_error
+    assert "invalid byte" in feed_row(monitor, "cut").last_error
 
 
 def test_retry_after_defers_feeds_already_claimed(tmp_path: Path, db_url: str,

@@ -35,9 +35,12 @@ from itertools import chain
 from pathlib import Path
 from unittest import mock
 
-import hazm.normalizer
-from hazm import Conjugation, Normalizer, WordTokenizer, default_verbs, default_words
-from hazm.utils import maketrans
+from monitor.text import hazm_lite
+
+# hazm's normalizer and what it needs, without the rest of hazm (`monitor.text.hazm_lite`).
+hazm = hazm_lite.load()
+Conjugation, Normalizer, WordTokenizer = hazm.Conjugation, hazm.Normalizer, hazm.WordTokenizer
+default_verbs, default_words, maketrans = hazm.default_verbs, hazm.default_words, hazm.maketrans
 
 ZWNJ = "\u200c"
 _MI = ("می" + ZWNJ, "نمی" + ZWNJ)

@@ -146,10 +146,7 @@ class GuardedTransport(AiohttpTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
+        address = _ip_literal(host)
         if address is not None and not self.policy.allows(host, address):
             blocked = _blocked(host, address)
             raise httpx.ConnectError(str(blocked), request=request) from blocked
@@ -161,6 +158,16 @@ class GuardedTransport(AiohttpTransport):
             # refuses a request that has both.
             request.url = request.url.copy_with(username=None, password=None)
         return await super().handle_async_request(request)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> IPAddress | None:
+    """The host as an IP address, None for a name. Kept per host: it is asked at every
+    request, and a name (the usual case) is told by a raised and caught ValueError."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

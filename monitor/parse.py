@@ -201,9 +201,9 @@ def _read_charset(body: bytes, headers: dict[str, str]
       - windows-1256 text (older Iranian and Arab CMSes that label it UTF-8): read as
         windows-1256, when nearly all its non-ASCII characters are then Arabic script.
     Anything else is left to feedparser, which notes what it did (cp1252 read as cp1252)."""
-    declared = _declared_charsets(body, headers)
     if body.isascii() or _codec(body) != "latin-1":  # ASCII, or UTF-16/32 by its bytes
         return body, headers, None
+    declared = _declared_charsets(body, headers)
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:

@@ -28,11 +28,11 @@ import sys
 import threading
 from types import ModuleType
 
-# (module, the names hazm's package exports from it), in the order hazm's modules need them.
+# (module, its names that hazm's other modules or monitor import from `hazm`), in the order
+# hazm's modules need them.
 _HAZM_MODULES = (
-    ("hazm.utils", ("default_verbs", "default_words", "words_list", "stopwords_list",
-                    "maketrans", "regex_replace", "abbreviations", "informal_verbs",
-                    "informal_words", "NUMBERS")),
+    ("hazm.utils", ("default_verbs", "default_words", "words_list", "maketrans",
+                    "regex_replace", "abbreviations")),
     ("hazm.stemmer", ("Stemmer",)),
     ("hazm.word_tokenizer", ("WordTokenizer",)),
     ("hazm.lemmatizer", ("Lemmatizer", "Conjugation")),

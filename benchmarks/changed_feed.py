@@ -4,8 +4,9 @@
 
 A feed of `--items` Persian items (the benchmark corpus) is stored once; then each round it
 publishes one new item (the oldest drops out) and the Refresher parses, prepares and stores
-the document, as it does for a changed feed after a fetch (`Refresher._parse_and_prepare`
-and `Refresher._store`, on a SQLite file). No network: the fetch is the one part left out.
+the document, as it does for a changed feed after a fetch (`prepare_document`, in this
+process as with `parse.processes: 0`, and `Refresher._store`, on a SQLite file). No network:
+the fetch is the one part left out.
 Prints the CPU milliseconds per changed feed (median and quartiles over the rounds). Meant
 for A/B runs (the same script against two checkouts) and for py-spy.
 """
@@ -23,6 +24,7 @@ from sqlalchemy import select, update
 
 from benchmarks.loopback import FeedSite
 from benchmarks.worker import WEBHOOK_SECRET, WEBHOOK_SECRET_ENV, bench_config
+from monitor.articles import prepare_document
 from monitor.config import load_config, load_secrets
 from monitor.fetch import Fetched
 from monitor.service import Monitor
@@ -60,8 +62,9 @@ def main() -> None:
                 session.execute(update(Feed).values(lease_owner=refresher.owner))
             now = datetime.now(UTC)
             started = time.process_time()
-            parsed, candidates = refresher._parse_and_prepare(feed, fetched)
-            refresher._store(feed, 60, fetched, parsed, candidates, now)
+            document = prepare_document(fetched.body, fetched.headers, URL, feed.name,
+                                        monitor.matcher, set(refresher._carried.get(feed.id, ())))
+            refresher._store(feed, 60, fetched, document.parsed, document.candidates, now)
             if round_:  # the first round stores the whole document
                 cpu.append((time.process_time() - started) * 1000)
         q1, median, q3 = statistics.quantiles(cpu, n=4)

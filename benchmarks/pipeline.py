@@ -481,10 +481,12 @@ class Recording:
 
     def __init__(self, py_spy: str, pid: int, out: Path) -> None:
         # --gil samples the thread holding the GIL: where the CPU of Python code goes,
-        # wherever the work runs (event loop or asyncio.to_thread workers).
+        # wherever the work runs (event loop or asyncio.to_thread workers); --subprocesses
+        # adds the parse workers, each with its own GIL.
         self._process = subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--gil", "--rate", "200", "--format", "raw",
-             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [py_spy, "record", "--pid", str(pid), "--gil", "--subprocesses", "--rate", "200",
+             "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let it attach before the work starts
         if self._process.poll() is not None:
             assert self._process.stderr is not None
@@ -525,10 +527,11 @@ def profile(sizes: Sizes) -> dict[str, Any]:
             "target": None, "met": None, "profile": cold_summary,
             "profile_304_cycle": idle_summary,
             "raw": [_shown_path(cold_raw), _shown_path(idle_raw)],
-            "notes": [f"py-spy {_py_spy_version(py_spy)} attached to the worker, 200 samples/s "
-                      f"of the thread holding the GIL: one cold ingest of "
-                      f"{sizes.cold_feeds} × {sizes.cold_items} items ({cold_summary['samples']}"
-                      f" samples, {cold['wall']:.1f} s wall under the profiler), then one cycle "
+            "notes": [f"py-spy {_py_spy_version(py_spy)} attached to the worker and its parse "
+                      "workers, 200 samples/s of each process's thread holding the GIL: one "
+                      f"cold ingest of {sizes.cold_feeds} × {sizes.cold_items} items "
+                      f"({cold_summary['samples']} samples, {cold['wall']:.1f} s wall under "
+                      "the profiler), then one cycle "
                       f"of the same {sizes.cold_feeds} feeds all answering 304 "
                       f"({idle_summary['samples']} samples, {idle['wall']:.2f} s). Library "
                       "time is charged to the monitor stage that called the library."]}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from monitor.identity import canonical_link, fingerprint_of_keys
-from monitor.parse import Entry
+from monitor.parse import Entry, ParsedFeed, UnreadEntry, parse_feed
 from monitor.stories import Sketch, sketch
 from monitor.text.match import Match, Matcher, MatchInput
 from monitor.text.normalize import ItemKey, item_language
@@ -48,3 +50,32 @@ def prepare(entry: Entry, feed_name: str, matcher: Matcher) -> Candidate:
         matches=tuple(matches),
         sketch=sketch(entry.title, entry.summary, entry.content, key),
     )
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A changed feed's document: parsed, and its entries prepared but for those the feed
+    most likely carried already, which are left as they are (unread where parsing could
+    tell by the key alone), for `store_candidates` to check."""
+
+    parsed: ParsedFeed
+    candidates: list[Candidate | Entry | UnreadEntry]
+
+
+def key_hash(key: str) -> int:
+    """A short stable digest of an entry key. Not `hash`: a str's hash differs from process
+    to process, and the daemon's digests are read by its parse workers."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+def prepare_document(body: bytes, headers: Mapping[str, str], url: str, feed_name: str,
+                     matcher: Matcher, carried: Collection[int] = ()) -> PreparedDocument:
+    """Parse and prepare; `carried` holds the hashes of the entry keys the feed's last
+    stored document had (`key_hash`). Raises NotAFeed as `parse_feed` does."""
+    carried = carried if isinstance(carried, set | frozenset) else set(carried)
+    parsed = parse_feed(body, headers, url, carried=lambda key: key_hash(key) in carried)
+    return PreparedDocument(parsed, [
+        e if key_hash(e.key) in carried
+        else prepare(e.read() if isinstance(e, UnreadEntry) else e, feed_name, matcher)
+        for e in parsed.entries])

@@ -103,6 +103,8 @@ def cmd_seed(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.parse_workers import close_workers
+
     async def main() -> int:
         monitor = _monitor(config)
         try:
@@ -112,6 +114,7 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
             summary = await monitor.deliver()
         finally:
             await monitor.close()
+            close_workers()
         for o in outcomes:
             if o.result == "error":
                 out.write(f"{o.feed}: error: {o.error}\n")
@@ -126,6 +129,7 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from monitor.parse_workers import close_workers
     from monitor.scheduler import Daemon, limit_malloc_arenas
     from monitor.service import process_owner
     from monitor.store.lock import single_daemon
@@ -142,6 +146,7 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
             await Daemon(monitor, config_path=args.config).run()
         finally:
             await monitor.close()
+            close_workers()
         return EXIT_OK
 
     with single_daemon(config.database.url, process_owner()):

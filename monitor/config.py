@@ -95,6 +95,16 @@ class FetchConfig(_Strict):
     user_agent: str = "monitor/0.1 (+https://github.com/monitor-news/monitor)"
 
 
+class ParseConfig(_Strict):
+    """Where a changed feed's document is parsed and its new entries prepared (keys,
+    language, matches, sketches): in worker processes, which use the machine's other cores
+    and keep a document that crashes or hangs the parser away from the daemon, or (0) in
+    the daemon's own threads, which saves a worker's memory (about 75 MB)."""
+
+    processes: int = Field(1, ge=0)
+    timeout: Duration = 60.0  # in a worker, a document that takes longer is given up
+
+
 class NetworkConfig(_Strict):
     """Where feeds and webhooks may connect. Non-public addresses are refused by default."""
 
@@ -405,6 +415,7 @@ class SeedConfig(_Strict):
 class Config(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
+    parse: ParseConfig = Field(default_factory=ParseConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)

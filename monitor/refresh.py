@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from monitor.articles import Candidate, prepare
-from monitor.config import ScheduleConfig
+from monitor.articles import Candidate, PreparedDocument, key_hash, prepare, prepare_document
+from monitor.config import ParseConfig, ScheduleConfig
 from monitor.fetch import Fetched, Fetcher, HostGate, Validators
-from monitor.parse import Entry, NotAFeed, ParsedFeed, UnreadEntry, parse_feed
+from monitor.parse import Entry, NotAFeed, ParsedFeed, UnreadEntry
+from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
 from monitor.store.database import Database
 from monitor.store.queries import (
     FeedState,
@@ -207,7 +208,8 @@ class Refresher:
                  channels_for: Callable[[str], Sequence[str]], owner: str,
                  rules: StoryRules = DEFAULT_RULES, schedule: ScheduleConfig | None = None,
                  patience: float = 60.0, slots: asyncio.Semaphore | None = None,
-                 expected: Callable[[], int] = lambda: 0) -> None:
+                 expected: Callable[[], int] = lambda: 0, parse: ParseConfig | None = None,
+                 workers: ParseWorkers | None = None) -> None:
         self.db = db
         self.fetcher = fetcher
         self.matcher = matcher
@@ -215,6 +217,10 @@ class Refresher:
         self.owner = owner
         self.rules = rules
         self.schedule = schedule or ScheduleConfig()
+        self.parse = parse or ParseConfig()
+        # Where documents are parsed: the process's workers, or (None) this process's threads.
+        self.workers = workers
+        self._watches = WatchList.of(matcher.watches) if workers is not None else None
         self.hosts = HostGate(fetcher.config.per_host_concurrency,
                               fetcher.config.per_host_spacing)
         # How long a claimed feed may wait for its host; kept well inside the lease so that
@@ -230,9 +236,9 @@ class Refresher:
         # Per feed id, the hashes of the entry keys of its last document that we stored: a
         # changed feed usually adds an entry or two to a document of old ones, and these are
         # left unprepared. Only a guess (retention may have removed an entry since, two keys
-        # may share a hash): `store_candidates` checks it against feed_entries and prepares
-        # what is not carried after all. Hashes in an array, not the keys in a set: a few
-        # bytes per entry for thousands of feeds.
+        # may share a digest): `store_candidates` checks it against feed_entries and prepares
+        # what is not carried after all. Digests (`key_hash`) in an array, not the keys in a
+        # set: a few bytes per entry for thousands of feeds.
         self._carried: dict[int, array[int]] = {}
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
@@ -271,9 +277,12 @@ class Refresher:
                                    else "unchanged", elapsed=fetched.elapsed),
                     self._unchanged(feed, interval, fetched, now))
         try:
-            parsed, candidates = await asyncio.to_thread(self._parse_and_prepare, feed, fetched)
+            document = await self._prepare_document(feed, fetched)
         except NotAFeed as exc:
             return await self._failed(feed, interval, fetched, f"not a feed: {exc}", now), None
+        except ParseFailed as exc:
+            return await self._failed(feed, interval, fetched, str(exc), now), None
+        parsed, candidates = document.parsed, document.candidates
         stored = await asyncio.to_thread(self._store, feed, interval, fetched, parsed,
                                          candidates, now)
         if parsed.problem:
@@ -286,16 +295,16 @@ class Refresher:
                               new_articles=stored.new_articles, duplicates=stored.duplicates,
                               alerts=stored.alerts, elapsed=fetched.elapsed), None
 
-    def _parse_and_prepare(self, feed: FeedState, fetched: Fetched
-                           ) -> tuple[ParsedFeed, list[Candidate | Entry | UnreadEntry]]:
-        """The parsed document and its entries, prepared but for those the feed most likely
-        carried already: those are left as they are (unread where parsing could tell by the
-        key alone), for `store_candidates` to check."""
-        carried = set(self._carried.get(feed.id, ()))
-        parsed = parse_feed(fetched.body, fetched.headers, fetched.url,
-                            carried=lambda key: hash(key) in carried)
-        return parsed, [e if hash(e.key) in carried else self._prepare(feed, e)
-                        for e in parsed.entries]
+    async def _prepare_document(self, feed: FeedState, fetched: Fetched) -> PreparedDocument:
+        """The document parsed and its entries prepared but for those the feed most likely
+        carried already (`prepare_document`)."""
+        carried = self._carried.get(feed.id, ())
+        if self.workers is None:
+            return await asyncio.to_thread(prepare_document, fetched.body, fetched.headers,
+                                           fetched.url, feed.name, self.matcher, set(carried))
+        assert self._watches is not None
+        return await self.workers.prepare(self._watches, self.parse.timeout, fetched.body,
+                                          fetched.headers, fetched.url, feed.name, carried)
 
     def _prepare(self, feed: FeedState, entry: Entry | UnreadEntry) -> Candidate:
         # An unread entry is prepared only when `store_candidates` finds that the feed does
@@ -321,7 +330,7 @@ class Refresher:
                 changes["last_error"] = f"malformed: {parsed.problem}"
             release_feed(session, feed.id, self.owner, **changes)
         # Committed: every entry of the document is now carried (old, or recorded just now).
-        self._carried[feed.id] = array("q", {hash(e.key) for e in parsed.entries})
+        self._carried[feed.id] = array("q", {key_hash(e.key) for e in parsed.entries})
         return result
 
     def _success_changes(self, feed: FeedState, planned: float, fetched: Fetched,

@@ -49,7 +49,7 @@ from monitor.web import Endpoint, Response
 log = logging.getLogger(__name__)
 
 # Sections a reload cannot apply to a running process; a change to them is reported.
-RESTART_SECTIONS = ("database", "http", "scheduler", "seed")
+RESTART_SECTIONS = ("database", "http", "parse", "scheduler", "seed")
 HEALTH_DB_TIMEOUT = 5.0
 FIRST_PRUNE_AFTER = 300.0
 

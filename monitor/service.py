@@ -32,6 +32,7 @@ from monitor.articles import prepare as prepare_candidate
 from monitor.config import Config, Secrets, channel_missing_secrets
 from monitor.fetch import Fetcher
 from monitor.net import network_policy
+from monitor.parse_workers import ParseWorkers, shared_workers
 from monitor.refresh import Refresher, RefreshOutcome
 from monitor.seed import read_seeds
 from monitor.store.database import Database, Priority
@@ -118,6 +119,11 @@ class Monitor:
         # claim queued behind the feeds' writes (dozens a second in a daemon, one per 304).
         self._delivery_thread = ThreadPoolExecutor(max_workers=1,
                                                    thread_name_prefix="monitor-delivery")
+        # Kept from the first config: a reload does not start or stop processes.
+        self.parse = config.parse
+        # The process's parse workers; None when documents are parsed in its threads.
+        self.parse_workers: ParseWorkers | None = (
+            shared_workers(self.parse.processes) if self.parse.processes else None)
         self._use(config, secrets)
 
     def _use(self, config: Config, secrets: Secrets) -> None:
@@ -160,6 +166,8 @@ class Monitor:
         self.db.migrate()
         with self.db.session() as session:
             sync_feeds(session, self.config.feeds, datetime.now(UTC))
+        if self.parse_workers is not None:
+            self.parse_workers.start()  # they start up while the baseline loads
         self.load_baseline()
         load_normalizer()
         freeze_startup_objects()
@@ -202,7 +210,8 @@ class Monitor:
                 self.db, self.fetcher, self.matcher, self.active_channels_for, self.owner,
                 self.story_rules, self.config.schedule,
                 patience=self.config.database.lease_seconds / 2, slots=self._fetch_slots,
-                expected=lambda: self._unfinished)
+                expected=lambda: self._unfinished, parse=self.parse,
+                workers=self.parse_workers)
         return self._refresher
 
     @property

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+import monitor.articles
 import monitor.parse
 import monitor.refresh
 from monitor.articles import Candidate, prepare
@@ -356,7 +357,9 @@ def test_entries_the_feed_carried_are_not_prepared_again(
         displayed.append(raw or "")
         return display_text(raw)
 
-    monkeypatch.setattr(monitor.refresh, "prepare", spy)
+    # In this process's threads (parse.processes: 0), where the spies can see.
+    monkeypatch.setattr(monitor.articles, "prepare", spy)  # prepare_document's
+    monkeypatch.setattr(monitor.refresh, "prepare", spy)  # a wrong guess's, at store time
     monkeypatch.setattr(monitor.parse, "display_text", display_spy)
 
     items = {n: {"title": f"خبر شماره {n} درباره موضوعی جدا", "guid": f"tag:example.org,2026:{n}",
@@ -372,7 +375,7 @@ def test_entries_the_feed_carried_are_not_prepared_again(
     def titles_displayed() -> list[int]:
         return sorted(n for n, item in items.items() if item["title"] in displayed)
     url = feed_server.set_feed("/f", rss([items[1], items[2]]))
-    app = make_monitor(tmp_path, db_url, {"f": url})
+    app = make_monitor(tmp_path, db_url, {"f": url}, parse={"processes": 0})
 
     def entries() -> dict[str, tuple[datetime, datetime | None]]:
         with app.db.session() as session:

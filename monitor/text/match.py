@@ -312,6 +312,7 @@ class Matcher:
     """Every term of every watch, compiled once; `match` is called per item."""
 
     def __init__(self, watches: Sequence[WatchConfig]) -> None:
+        self.watches = tuple(watches)
         self._terms: list[Term] = []
         self._term_ids: dict[tuple[str, bool], int] = {}
         # For each term, the watches that use it as a positive (any/all) term.

@@ -1,0 +1,213 @@
+"""Changed feeds' documents parsed and prepared in worker processes (`parse.processes`).
+
+Why processes: feedparser and the work on a new entry (keys, language, matches, sketches)
+are about two thirds of a changed feed's CPU. In the daemon's threads they take turns with
+fetching and storing under one GIL; in a worker they run on another core (a cold start of
+200 feeds x 30 items on 2 cores: about 1.6 times the items per second with one worker).
+And a document that crashes the parser, or keeps it busy past `parse.timeout`, costs a
+worker, not the daemon: the feed records the error and a new worker takes over.
+
+The workers belong to the process, like a thread pool: every `Monitor` in it shares them,
+and a reload changes the watches they match with, not the workers. A task names its watch
+list by digest; a worker that has no matcher for that digest yet says so, and the list is
+sent once more with the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from types import FrameType
+
+from monitor.articles import PreparedDocument, prepare_document
+from monitor.config import WatchConfig
+from monitor.text.match import Matcher
+from monitor.text.normalize import load_normalizer
+
+
+class ParseFailed(Exception):
+    """A worker gave up on a document, or died reading it; the message says which."""
+
+
+@dataclass(frozen=True)
+class WatchList:
+    """Watches as a worker receives them: pickled once, named by their digest."""
+
+    digest: bytes
+    pickled: bytes
+
+    @classmethod
+    def of(cls, watches: Sequence[WatchConfig]) -> WatchList:
+        pickled = pickle.dumps(list(watches))
+        return cls(hashlib.sha256(pickled).digest(), pickled)
+
+
+# --- in a worker ------------------------------------------------------------------------
+
+# Matchers by watch-list digest. Two: during a reload, refreshes that started before it
+# still match with the old list while new ones use the new.
+_matchers: OrderedDict[bytes, Matcher] = OrderedDict()
+_KEPT_MATCHERS = 2
+
+
+class _UnknownWatches(Exception):
+    """This worker has no matcher for the digest yet: send the watches."""
+
+
+class _Overtime(BaseException):
+    # A BaseException: feedparser catches Exception around its handlers, and must not
+    # swallow this one.
+    pass
+
+
+def _start_worker() -> None:
+    # Ctrl-C and systemd's SIGTERM reach every process of the group; a worker finishes the
+    # document it is reading while the daemon drains, and leaves when the daemon closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _overtime)
+    threading.Thread(target=_leave_with, args=(os.getppid(),), daemon=True,
+                     name="parse-worker-watch").start()
+    load_normalizer()
+
+
+def _leave_with(daemon: int) -> None:
+    """Exit once the daemon is gone (killed, crashed). A worker would not notice by itself:
+    it waits on a queue whose write end it holds as well, so no end-of-file comes."""
+    while os.getppid() == daemon:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+_reading = False  # a document is being read: the alarm may interrupt it
+
+
+def _overtime(signum: int, frame: FrameType | None) -> None:
+    if _reading:
+        raise _Overtime
+
+
+def _matcher(digest: bytes, pickled: bytes | None) -> Matcher:
+    matcher = _matchers.get(digest)
+    if matcher is not None:
+        _matchers.move_to_end(digest)
+        return matcher
+    if pickled is None:
+        raise _UnknownWatches
+    matcher = _matchers[digest] = Matcher(pickle.loads(pickled))
+    while len(_matchers) > _KEPT_MATCHERS:
+        _matchers.popitem(last=False)
+    return matcher
+
+
+def _prepare(digest: bytes, pickled: bytes | None, timeout: float, body: bytes,
+             headers: Mapping[str, str], url: str, feed_name: str,
+             carried: Collection[int]) -> PreparedDocument:
+    global _reading
+    matcher = _matcher(digest, pickled)
+    # The clock starts when the worker takes the document, not when it was queued.
+    _reading = True
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        try:
+            document = prepare_document(body, headers, url, feed_name, matcher, carried)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _reading = False
+    except _Overtime:
+        raise ParseFailed(f"parsing took longer than {timeout:g} s (parse.timeout); "
+                          "given up") from None
+    return document
+
+
+# --- in the daemon ----------------------------------------------------------------------
+
+class ParseWorkers:
+    """A pool of worker processes, replaced whole when one of its workers dies."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # Monitors on other threads' loops share the pool
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: the daemon has threads (a forked child could inherit a
+                # lock held by one of them) and a worker needs little of its memory.
+                self._pool = ProcessPoolExecutor(
+                    self.processes, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker)
+            return self._pool
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def start(self) -> None:
+        """Start the workers now (they import and build the normalizer, about a second)
+        rather than at the first changed feed."""
+        pool = self._current()
+        for _ in range(self.processes):
+            pool.submit(int)
+
+    async def prepare(self, watches: WatchList, timeout: float, body: bytes,
+                      headers: Mapping[str, str], url: str, feed_name: str,
+                      carried: Collection[int]) -> PreparedDocument:
+        """`prepare_document` in a worker. A worker that dies (killed, out of memory, a
+        crash in C code) fails every task it was given with the pool: each is tried once
+        more in a new pool, so that only the document that kills workers fails."""
+        args = (timeout, body, dict(headers), url, feed_name, tuple(carried))
+        for _ in range(2):
+            pool = self._current()
+            try:
+                try:
+                    return await asyncio.wrap_future(
+                        pool.submit(_prepare, watches.digest, None, *args))
+                except _UnknownWatches:
+                    return await asyncio.wrap_future(
+                        pool.submit(_prepare, watches.digest, watches.pickled, *args))
+            except BrokenProcessPool as exc:
+                self._replace(pool)
+                lost = exc
+        raise ParseFailed(f"the parse worker stopped while reading this document ({lost})")
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_shared: dict[int, ParseWorkers] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_workers(processes: int) -> ParseWorkers:
+    """The process's workers (`processes` of them), created on first use."""
+    with _shared_lock:
+        if processes not in _shared:
+            _shared[processes] = ParseWorkers(processes)
+        return _shared[processes]
+
+
+def close_workers() -> None:
+    """Stop every worker of this process (the daemon, on its way out)."""
+    with _shared_lock:
+        workers = list(_shared.values())
+        _shared.clear()
+    for each in workers:
+        each.close()

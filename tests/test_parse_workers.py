@@ -1,0 +1,198 @@
+"""Parse workers (`parse.processes`): the same prepared documents as in the daemon's own
+threads, each watch list matched as configured, and a worker that dies or overruns
+`parse.timeout` costs that document only, never the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from monitor.articles import Candidate, PreparedDocument, key_hash, prepare_document
+from monitor.config import WatchConfig, load_config, load_secrets
+from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
+from monitor.seed import read_seeds
+from monitor.service import Monitor
+from monitor.store.models import Feed
+from monitor.text.match import Matcher
+from tests.conftest import ROOT, write_config
+from tests.servers import FeedServer, rss
+
+OIC = WatchConfig(name="oic", any=["سازمان همکاری اسلامی"])
+DESK = WatchConfig(name="desk", any=["شورای امنیت"])
+HEADERS = {"content-type": "application/rss+xml; charset=utf-8"}
+
+
+def document(items: int, tag: str = "") -> bytes:
+    """An RSS document of `items` Persian entries made from the seed articles."""
+    seeds = [e for seed in read_seeds(ROOT / "seed_data") for e in seed.entries]
+    return rss([{"title": f"{seeds[i % len(seeds)].title} {tag}{i}",
+                 "link": f"http://127.0.0.1/news/{tag}{i}",
+                 "description": seeds[i % len(seeds)].summary}
+                for i in range(items)]).encode()
+
+
+def spawned() -> set[int]:
+    """This process's spawned children (multiprocessing's `spawn_main`), by /proc."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"spawn_main" in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def workers() -> Iterator[ParseWorkers]:
+    pool = ParseWorkers(1)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def worker_pids() -> Callable[[], set[int]]:
+    """The pids of the test's own workers: not those the process's Monitors share."""
+    others = spawned()
+    return lambda: spawned() - others
+
+
+def run_in_worker(workers: ParseWorkers, body: bytes, watches: list[WatchConfig],
+                  timeout: float = 60.0, carried: tuple[int, ...] = ()) -> PreparedDocument:
+    return asyncio.run(workers.prepare(WatchList.of(watches), timeout, body, HEADERS,
+                                       "http://127.0.0.1/f", "agency", carried))
+
+
+def test_a_worker_prepares_what_the_daemon_thread_would(workers: ParseWorkers) -> None:
+    body = document(12)
+    parsed_once = prepare_document(body, HEADERS, "http://127.0.0.1/f", "agency",
+                                   Matcher([OIC]))
+    carried = tuple(key_hash(e.key) for e in parsed_once.parsed.entries[:5])
+    here = prepare_document(body, HEADERS, "http://127.0.0.1/f", "agency", Matcher([OIC]),
+                            carried)
+    there = run_in_worker(workers, body, [OIC], carried=carried)
+    assert there == here
+    # The five carried entries were left unprepared there too; the others were matched.
+    assert [isinstance(c, Candidate) for c in there.candidates] == [False] * 5 + [True] * 7
+    assert any(c.matches for c in there.candidates if isinstance(c, Candidate))
+
+
+def test_each_watch_list_is_matched_as_configured(workers: ParseWorkers) -> None:
+    body = document(8)
+    lists = ([OIC], [DESK], [OIC, DESK], [OIC])  # a third list, then back to the first
+
+    def watch_names(prepared: PreparedDocument) -> set[str]:
+        return {m.watch for c in prepared.candidates if isinstance(c, Candidate)
+                for m in c.matches}
+
+    expected = [watch_names(prepare_document(body, HEADERS, "http://127.0.0.1/f", "agency",
+                                             Matcher(w))) for w in lists]
+    assert expected[0] == {"oic"} and expected[2] == {"oic", "desk"}
+    assert [watch_names(run_in_worker(workers, body, w)) for w in lists] == expected
+
+
+def test_not_a_feed_comes_back_as_not_a_feed(workers: ParseWorkers) -> None:
+    from monitor.parse import NotAFeed
+
+    with pytest.raises(NotAFeed):
+        run_in_worker(workers, b"<html><body>maintenance</body></html>", [OIC])
+
+
+def test_a_document_past_the_timeout_is_given_up_and_the_worker_goes_on(
+        workers: ParseWorkers, worker_pids: Callable[[], set[int]]) -> None:
+    with pytest.raises(ParseFailed, match=r"longer than 0.05 s \(parse.timeout\)"):
+        run_in_worker(workers, document(1500, "slow"), [OIC], timeout=0.05)
+    pids = worker_pids()
+    assert len(run_in_worker(workers, document(3), [OIC]).candidates) == 3
+    assert worker_pids() == pids  # the same worker: it was interrupted, not replaced
+
+
+async def _kill_workers_while_parsing(workers: ParseWorkers, body: bytes, kills: int,
+                                      worker_pids: Callable[[], set[int]]
+                                      ) -> PreparedDocument:
+    """Start a long parse and kill the worker reading it, `kills` times."""
+    task = asyncio.create_task(workers.prepare(WatchList.of([OIC]), 60.0, body, HEADERS,
+                                               "http://127.0.0.1/f", "agency", ()))
+    killed: set[int] = set()
+    while len(killed) < kills:
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the document was read before its worker could be killed"
+        for pid in worker_pids() - killed:
+            await asyncio.sleep(0.5)  # well into the document
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+    return await task
+
+
+def test_a_worker_that_dies_is_replaced_and_the_document_tried_once_more(
+        workers: ParseWorkers, worker_pids: Callable[[], set[int]]) -> None:
+    workers.start()
+    prepared = asyncio.run(_kill_workers_while_parsing(workers, document(2000, "k"), 1,
+                                                       worker_pids))
+    assert len(prepared.candidates) == 2000
+
+
+def test_a_document_that_kills_two_workers_fails_alone(
+        workers: ParseWorkers, worker_pids: Callable[[], set[int]]) -> None:
+    workers.start()
+    with pytest.raises(ParseFailed, match="the parse worker stopped while reading"):
+        asyncio.run(_kill_workers_while_parsing(workers, document(2000, "k"), 2, worker_pids))
+    # The next document goes to a third worker.
+    assert len(run_in_worker(workers, document(2), [OIC]).candidates) == 2
+
+
+def test_a_worker_ignores_the_signals_meant_for_the_daemon(
+        workers: ParseWorkers, worker_pids: Callable[[], set[int]]) -> None:
+    async def interrupted() -> PreparedDocument:
+        task = asyncio.create_task(workers.prepare(
+            WatchList.of([OIC]), 60.0, document(1500, "i"), HEADERS, "http://127.0.0.1/f",
+            "agency", ()))
+        while not worker_pids():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the worker is up and reading
+        for pid in worker_pids():
+            os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the process group
+            os.kill(pid, signal.SIGTERM)  # so does systemd's stop
+        return await task
+
+    assert len(asyncio.run(interrupted()).candidates) == 1500
+
+
+def test_an_overrunning_feed_is_recorded_and_the_others_are_stored(
+        tmp_path: Path, db_url: str, feed_server: FeedServer) -> None:
+    path = write_config(
+        tmp_path / "monitor.yaml", db_url, parse={"processes": 1, "timeout": 0.05},
+        fetch={"per_host_spacing": 0},
+        feeds=[{"name": "slow", "url": feed_server.set_feed("/slow", document(1500, "slow"))},
+               {"name": "quick", "url": feed_server.set_feed("/quick", document(3, "q"))}])
+    config = load_config(path, env={})
+    monitor = Monitor(config, load_secrets(config, env={}))
+    monitor.prepare()
+
+    async def poll() -> dict[str, str]:
+        try:
+            outcomes = await monitor.refresh_feeds(due_only=False)
+        finally:
+            await monitor.close()
+        return {o.feed: o.result for o in outcomes}
+
+    started = time.monotonic()
+    assert asyncio.run(poll()) == {"slow": "error", "quick": "stored"}
+    assert time.monotonic() - started < 30
+    with monitor.db.session() as session:
+        errors = dict(session.execute(select(Feed.name, Feed.last_error)).all())
+    assert "parse.timeout" in errors["slow"] and errors["quick"] is None

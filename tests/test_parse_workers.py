@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +42,10 @@ def document(items: int, tag: str = "") -> bytes:
 
 def spawned() -> set[int]:
     """This process's spawned children (multiprocessing's `spawn_main`), by /proc."""
+    return children_running_spawn_main(os.getpid())
+
+
+def children_running_spawn_main(parent: int) -> set[int]:
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -49,8 +55,7 @@ def spawned() -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"spawn_main" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline:
             pids.add(int(entry.name))
     return pids
 
@@ -196,3 +201,31 @@ def test_an_overrunning_feed_is_recorded_and_the_others_are_stored(
     with monitor.db.session() as session:
         errors = dict(session.execute(select(Feed.name, Feed.last_error)).all())
     assert "parse.timeout" in errors["slow"] and errors["quick"] is None
+
+
+def test_workers_leave_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    """A killed daemon (SIGKILL, a crash, the OOM killer) leaves no worker behind: a worker
+    ignores SIGTERM and would otherwise wait on its queue for ever."""
+    script = (
+        "import asyncio, sys\n"
+        "from monitor.config import WatchConfig\n"
+        "from monitor.parse_workers import ParseWorkers, WatchList\n"
+        "workers = ParseWorkers(1)\n"
+        "asyncio.run(workers.prepare(WatchList.of([WatchConfig(name='w', any=['x'])]), 60.0,\n"
+        "    b'<rss version=\"2.0\"><channel><title>t</title></channel></rss>', {},\n"
+        "    'http://127.0.0.1/f', 'f', ()))\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n")
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
+        workers = children_running_spawn_main(daemon.pid)
+        assert len(workers) == 1
+    finally:
+        daemon.kill()
+        daemon.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "the worker outlived its daemon by 10 s"
+        time.sleep(0.1)

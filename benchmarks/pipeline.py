@@ -137,6 +137,12 @@ def _check_cycle(cycle: dict[str, Any], what: str) -> None:
                            f"{cycle['deliveries_delivered']} delivered")
 
 
+# monitor's CPU and memory are those of its whole process tree (`benchmarks.worker`).
+_WITH_WORKERS = ("monitor's CPU and RSS include its child processes: the parse worker "
+                 "(`parse.processes: 1`, the default) and multiprocessing's resource tracker; "
+                 "RSS is their sum, peak RSS the sum of each one's peak.")
+
+
 # --- 2. cold ingest ----------------------------------------------------------------------
 
 def cold_ingest(sizes: Sizes, with_r2e: bool) -> dict[str, Any]:
@@ -186,7 +192,7 @@ def cold_ingest(sizes: Sizes, with_r2e: bool) -> dict[str, Any]:
     notes = [f"{sizes.cold_feeds} feeds × {sizes.cold_items} items = {detail['items']} items "
              f"into an empty SQLite database; {detail['alerts']} alerts, "
              f"{detail['webhooks_delivered']} webhooks delivered (signed) to the loopback "
-             "receiver."]
+             "receiver.", _WITH_WORKERS]
     met: bool | None = runs["items_s"] and statistics.median(runs["items_s"]) >= 800
     if with_r2e:
         figures += [
@@ -255,7 +261,7 @@ def steady_cycle(sizes: Sizes, with_r2e: bool) -> dict[str, Any]:
     met: bool | None = statistics.median(runs["idle_cpu_per_feed"]) <= 0.5
     notes = [f"{feeds} feeds × {sizes.steady_items} items, warmed up by one full cycle; "
              f"each cycle {sizes.steady_changed:.0%} of the feeds publish one new item and "
-             "every feed is polled with its validators (the rest answer 304)."]
+             "every feed is polled with its validators (the rest answer 304).", _WITH_WORKERS]
     if r2e is not None:
         figures += [figure("rss2email wall per cycle (`r2e run --no-send`)", "s",
                            runs["r2e_wall"]),
@@ -402,7 +408,7 @@ def memory(sizes: Sizes) -> dict[str, Any]:
             "notes": [f"`monitor run` with {feeds} feeds of {sizes.memory_items} items "
                       f"configured (interval 1 s), read from /proc after every feed was "
                       f"polled three times, 10% of feeds publishing between cycles "
-                      f"({elapsed:.0f} s)."]}
+                      f"({elapsed:.0f} s).", _WITH_WORKERS]}
 
 
 # --- 8. profile --------------------------------------------------------------------------

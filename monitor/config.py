@@ -99,7 +99,8 @@ class ParseConfig(_Strict):
     """Where a changed feed's document is parsed and its new entries prepared (keys,
     language, matches, sketches): in worker processes, which use the machine's other cores
     and keep a document that crashes or hangs the parser away from the daemon, or (0) in
-    the daemon's own threads, which saves a worker's memory (about 75 MB)."""
+    the daemon's own threads, which saves a worker's memory (about 72 MB, and 13 MB for
+    multiprocessing's resource tracker)."""
 
     processes: int = Field(1, ge=0)
     timeout: Duration = 60.0  # in a worker, a document that takes longer is given up

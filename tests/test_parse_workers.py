@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from sqlalchemy import select
 
 from monitor.articles import Candidate, PreparedDocument, key_hash, prepare_document
 from monitor.config import WatchConfig, load_config, load_secrets
+from monitor.parse import Entry, NotAFeed, UnreadEntry
 from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
 from monitor.seed import read_seeds
 from monitor.service import Monitor
 from monitor.store.models import Feed
 from monitor.text.match import Matcher
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, shared_testdata, write_config
 from tests.servers import FeedServer, rss
 
 OIC = WatchConfig(name="oic", any=["سازمان همکاری اسلامی"])
@@ -111,8 +113,6 @@ def test_each_watch_list_is_matched_as_configured(workers: ParseWorkers) -> None
 
 
 def test_not_a_feed_comes_back_as_not_a_feed(workers: ParseWorkers) -> None:
-    from monitor.parse import NotAFeed
-
     with pytest.raises(NotAFeed):
         run_in_worker(workers, b"<html><body>maintenance</body></html>", [OIC])
 
@@ -229,3 +229,30 @@ def test_workers_leave_when_the_daemon_is_killed(tmp_path: Path) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
         assert time.monotonic() < deadline, "the worker outlived its daemon by 10 s"
         time.sleep(0.1)
+
+
+def test_every_corpus_document_survives_the_trip_from_a_worker() -> None:
+    """What a worker sends back is pickled: feedparser's whole corpus, read once and then
+    with every entry carried (left unread, with feedparser's own entry inside), comes back
+    equal."""
+    corpus = shared_testdata("feedparser")
+    matcher = Matcher([OIC])
+    documents = unread = 0
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file() and p.parent != corpus):
+        body = path.read_bytes()
+        try:
+            first = prepare_document(body, {}, "http://127.0.0.1/f", "f", matcher)
+        except NotAFeed:
+            continue
+        for carried in ((), {key_hash(e.key) for e in first.parsed.entries}):
+            sent = prepare_document(body, {}, "http://127.0.0.1/f", "f", matcher, carried)
+            received = pickle.loads(pickle.dumps(sent))
+            assert received == sent, path
+            assert [read(c) for c in received.candidates] == [read(c) for c in sent.candidates]
+            unread += sum(isinstance(c, UnreadEntry) for c in received.candidates)
+        documents += 1
+    assert documents > 2000 and unread > 100
+
+
+def read(candidate: Candidate | Entry | UnreadEntry) -> Candidate | Entry:
+    return candidate.read() if isinstance(candidate, UnreadEntry) else candidate

@@ -75,7 +75,8 @@ def prepare_document(body: bytes, headers: Mapping[str, str], url: str, feed_nam
     stored document had (`key_hash`). Raises NotAFeed as `parse_feed` does."""
     carried = carried if isinstance(carried, set | frozenset) else set(carried)
     parsed = parse_feed(body, headers, url, carried=lambda key: key_hash(key) in carried)
+    # Parsing left unread the carried entries it could tell by their key alone; an entry
+    # whose key comes from its text is checked here.
     return PreparedDocument(parsed, [
-        e if key_hash(e.key) in carried
-        else prepare(e.read() if isinstance(e, UnreadEntry) else e, feed_name, matcher)
-        for e in parsed.entries])
+        e if isinstance(e, UnreadEntry) or key_hash(e.key) in carried
+        else prepare(e, feed_name, matcher) for e in parsed.entries])

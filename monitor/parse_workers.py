@@ -170,7 +170,7 @@ class ParseWorkers:
         """`prepare_document` in a worker. A worker that dies (killed, out of memory, a
         crash in C code) fails every task it was given with the pool: each is tried once
         more in a new pool, so that only the document that kills workers fails."""
-        args = (timeout, body, dict(headers), url, feed_name, tuple(carried))
+        args = (timeout, body, dict(headers), url, feed_name, carried)
         for _ in range(2):
             pool = self._current()
             try:

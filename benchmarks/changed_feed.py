@@ -63,7 +63,7 @@ def main() -> None:
             now = datetime.now(UTC)
             started = time.process_time()
             document = prepare_document(fetched.body, fetched.headers, URL, feed.name,
-                                        monitor.matcher, set(refresher._carried.get(feed.id, ())))
+                                        monitor.matcher, refresher._carried.get(feed.id, ()))
             refresher._store(feed, 60, fetched, document.parsed, document.candidates, now)
             if round_:  # the first round stores the whole document
                 cpu.append((time.process_time() - started) * 1000)

@@ -82,7 +82,8 @@ def process_rss(pid: int | str = "self") -> dict[str, float]:
     """Current and peak resident set size of a process with its descendants, in MB (Linux
     /proc; peak: the sum of each one's own peak). Pages they share are counted in each."""
     fields = {"VmRSS": 0.0, "VmHWM": 0.0}
-    for each in [pid, *descendants(pid)]:
+    processes = [pid, *descendants(pid)]
+    for each in processes:
         try:
             status = Path(f"/proc/{each}/status").read_text()
         except OSError:
@@ -92,7 +93,7 @@ def process_rss(pid: int | str = "self") -> dict[str, float]:
             if name in fields:
                 fields[name] += int(value.split()[0]) / 1024
     return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"],
-            "processes": 1 + len(descendants(pid))}
+            "processes": len(processes)}
 
 
 def bench_config(path: Path, database_url: str, feed_urls: list[str], hook_url: str,

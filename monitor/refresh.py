@@ -301,7 +301,7 @@ class Refresher:
         carried = self._carried.get(feed.id, ())
         if self.workers is None:
             return await asyncio.to_thread(prepare_document, fetched.body, fetched.headers,
-                                           fetched.url, feed.name, self.matcher, set(carried))
+                                           fetched.url, feed.name, self.matcher, carried)
         assert self._watches is not None
         return await self.workers.prepare(self._watches, self.parse.timeout, fetched.body,
                                           fetched.headers, fetched.url, feed.name, carried)

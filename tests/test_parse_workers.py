@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from benchmarks.worker import descendants
 from monitor.articles import Candidate, PreparedDocument, key_hash, prepare_document
 from monitor.config import WatchConfig, load_config, load_secrets
 from monitor.parse import Entry, NotAFeed, UnreadEntry
@@ -49,16 +50,12 @@ def spawned() -> set[int]:
 
 def children_running_spawn_main(parent: int) -> set[int]:
     pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in descendants(parent):
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.add(pid)
         except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline:
-            pids.add(int(entry.name))
+            continue  # it ended meanwhile
     return pids
 
 

@@ -62,9 +62,9 @@ def main() -> None:
                 session.execute(update(Feed).values(lease_owner=refresher.owner))
             now = datetime.now(UTC)
             started = time.process_time()
-            document = prepare_document(fetched.body, fetched.headers, URL, feed.name,
+            prepared = prepare_document(fetched.body, fetched.headers, URL, feed.name,
                                         monitor.matcher, refresher._carried.get(feed.id, ()))
-            refresher._store(feed, 60, fetched, document.parsed, document.candidates, now)
+            refresher._store(feed, 60, fetched, prepared.parsed, prepared.candidates, now)
             if round_:  # the first round stores the whole document
                 cpu.append((time.process_time() - started) * 1000)
         q1, median, q3 = statistics.quantiles(cpu, n=4)

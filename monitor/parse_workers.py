@@ -7,6 +7,11 @@ fetching and storing under one GIL; in a worker they run on another core (a cold
 And a document that crashes the parser, or keeps it busy past `parse.timeout`, costs a
 worker, not the daemon: the feed records the error and a new worker takes over.
 
+The timeout has two levels. An alarm interrupts the parse between bytecodes, and the worker
+goes on. A parse stuck inside one C call never returns to take the alarm; the kernel ends
+that worker once it has spent twice `parse.timeout` of CPU on the document (`SIGVTALRM`,
+whose default action is to terminate), and the pool is replaced as for any dead worker.
+
 The workers belong to the process, like a thread pool: every `Monitor` in it shares them,
 and a reload changes the watches they match with, not the workers. A task names its watch
 list by digest; a worker that has no matcher for that digest yet says so, and the list is
@@ -24,7 +29,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -77,6 +82,7 @@ def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _overtime)
+    signal.signal(signal.SIGVTALRM, signal.SIG_DFL)  # the CPU limit: see the module's note
     threading.Thread(target=_leave_with, args=(os.getppid(),), daemon=True,
                      name="parse-worker-watch").start()
     load_normalizer()
@@ -111,18 +117,27 @@ def _matcher(digest: bytes, pickled: bytes | None) -> Matcher:
     return matcher
 
 
-def _prepare(digest: bytes, pickled: bytes | None, timeout: float, body: bytes,
+# CPU a document may take, as a multiple of `parse.timeout`, before the kernel ends its worker.
+CPU_LIMIT_FACTOR = 2.0
+
+Work = Callable[[bytes, Mapping[str, str], str, str, Matcher, Collection[int]],
+                PreparedDocument]
+
+
+def _prepare(work: Work, digest: bytes, pickled: bytes | None, timeout: float, body: bytes,
              headers: Mapping[str, str], url: str, feed_name: str,
              carried: Collection[int]) -> PreparedDocument:
     global _reading
     matcher = _matcher(digest, pickled)
-    # The clock starts when the worker takes the document, not when it was queued.
+    # The clocks start when the worker takes the document, not when it was queued.
     _reading = True
     signal.setitimer(signal.ITIMER_REAL, timeout)
+    signal.setitimer(signal.ITIMER_VIRTUAL, timeout * CPU_LIMIT_FACTOR)
     try:
         try:
-            document = prepare_document(body, headers, url, feed_name, matcher, carried)
+            document = work(body, headers, url, feed_name, matcher, carried)
         finally:
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
             _reading = False
     except _Overtime:
@@ -134,10 +149,14 @@ def _prepare(digest: bytes, pickled: bytes | None, timeout: float, body: bytes,
 # --- in the daemon ----------------------------------------------------------------------
 
 class ParseWorkers:
-    """A pool of worker processes, replaced whole when one of its workers dies."""
+    """A pool of worker processes, replaced whole when one of its workers dies.
 
-    def __init__(self, processes: int) -> None:
+    `work` is what a worker does with a document: `prepare_document`, or in tests a
+    module-level stand-in (a worker imports it by name)."""
+
+    def __init__(self, processes: int, work: Work = prepare_document) -> None:
         self.processes = processes
+        self.work = work
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()  # Monitors on other threads' loops share the pool
 
@@ -176,14 +195,16 @@ class ParseWorkers:
             try:
                 try:
                     return await asyncio.wrap_future(
-                        pool.submit(_prepare, watches.digest, None, *args))
+                        pool.submit(_prepare, self.work, watches.digest, None, *args))
                 except _UnknownWatches:
-                    return await asyncio.wrap_future(
-                        pool.submit(_prepare, watches.digest, watches.pickled, *args))
-            except BrokenProcessPool as exc:
+                    return await asyncio.wrap_future(pool.submit(
+                        _prepare, self.work, watches.digest, watches.pickled, *args))
+            except BrokenProcessPool:
                 self._replace(pool)
-                lost = exc
-        raise ParseFailed(f"the parse worker stopped while reading this document ({lost})")
+        raise ParseFailed(
+            "the parse worker stopped while reading this document, twice: it crashed, was "
+            f"killed, or spent {timeout * CPU_LIMIT_FACTOR:g} s of CPU (twice parse.timeout) "
+            "where the timeout could not interrupt it")
 
     def close(self) -> None:
         with self._lock:

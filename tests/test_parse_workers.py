@@ -28,6 +28,7 @@ from monitor.store.models import Feed
 from monitor.text.match import Matcher
 from tests.conftest import ROOT, shared_testdata, write_config
 from tests.servers import FeedServer, rss
+from tests.stuck_parse import STUCK, prepare_unless_stuck
 
 OIC = WatchConfig(name="oic", any=["سازمان همکاری اسلامی"])
 DESK = WatchConfig(name="desk", any=["شورای امنیت"])
@@ -121,6 +122,23 @@ def test_a_document_past_the_timeout_is_given_up_and_the_worker_goes_on(
     pids = worker_pids()
     assert len(run_in_worker(workers, document(3), [OIC]).candidates) == 3
     assert worker_pids() == pids  # the same worker: it was interrupted, not replaced
+
+
+def test_a_parse_stuck_in_c_code_is_ended_by_its_cpu_limit(
+        worker_pids: Callable[[], set[int]]) -> None:
+    """The alarm cannot interrupt a C call; the kernel ends the worker once it has spent
+    twice parse.timeout of CPU, twice (the document is tried once more), and the next
+    document is read by a new worker."""
+    workers = ParseWorkers(1, work=prepare_unless_stuck)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ParseFailed, match=r"spent 0.6 s of CPU \(twice parse.timeout\)"):
+            run_in_worker(workers, STUCK, [OIC], timeout=0.3)
+        assert time.monotonic() - started < 20  # two worker starts and 2 x 0.6 s of CPU
+        assert len(run_in_worker(workers, document(3), [OIC], timeout=0.3).candidates) == 3
+        assert len(worker_pids()) == 1
+    finally:
+        workers.close()
 
 
 async def _kill_workers_while_parsing(workers: ParseWorkers, body: bytes, kills: int,

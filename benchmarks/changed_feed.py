@@ -63,7 +63,7 @@ def main() -> None:
             now = datetime.now(UTC)
             started = time.process_time()
             prepared = prepare_document(fetched.body, fetched.headers, URL, feed.name,
-                                        monitor.matcher, refresher._carried.get(feed.id, ()))
+                                        monitor.matcher, refresher._known.get(feed.id))
             refresher._store(feed, 60, fetched, prepared.parsed, prepared.candidates, now)
             if round_:  # the first round stores the whole document
                 cpu.append((time.process_time() - started) * 1000)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from monitor.identity import canonical_link, fingerprint_of_keys
-from monitor.parse import Entry, ParsedFeed, UnreadEntry, parse_feed
+from monitor.parse import Entry, KnownItems, ParsedFeed, UnreadEntry, parse_feed
 from monitor.stories import Sketch, sketch
 from monitor.text.match import Match, Matcher, MatchInput
 from monitor.text.normalize import ItemKey, item_language
@@ -62,21 +61,14 @@ class PreparedDocument:
     candidates: list[Candidate | Entry | UnreadEntry]
 
 
-def key_hash(key: str) -> int:
-    """A short stable digest of an entry key. Not `hash`: a str's hash differs from process
-    to process, and the daemon's digests are read by its parse workers."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little",
-                          signed=True)
-
-
 def prepare_document(body: bytes, headers: Mapping[str, str], url: str, feed_name: str,
-                     matcher: Matcher, carried: Collection[int] = ()) -> PreparedDocument:
-    """Parse and prepare; `carried` holds the hashes of the entry keys the feed's last
-    stored document had (`key_hash`). Raises NotAFeed as `parse_feed` does."""
-    carried = carried if isinstance(carried, set | frozenset) else set(carried)
-    parsed = parse_feed(body, headers, url, carried=lambda key: key_hash(key) in carried)
-    # Parsing left unread the carried entries it could tell by their key alone; an entry
+                     matcher: Matcher, known: KnownItems | None = None) -> PreparedDocument:
+    """Parse and prepare; `known` is what the feed's last stored document held (`parse_feed`).
+    Raises NotAFeed as `parse_feed` does."""
+    parsed = parse_feed(body, headers, url, known)
+    # Parsing left unread the known entries it could tell by their key alone; an entry
     # whose key comes from its text is checked here.
+    keys = frozenset(known.keys) if known is not None else frozenset()
     return PreparedDocument(parsed, [
-        e if isinstance(e, UnreadEntry) or key_hash(e.key) in carried
-        else prepare(e, feed_name, matcher) for e in parsed.entries])
+        e if isinstance(e, UnreadEntry) or e.key in keys else prepare(e, feed_name, matcher)
+        for e in parsed.entries])

@@ -4,9 +4,11 @@ Before feedparser sees a document, entity declarations that could blow up are re
 (`guard_entities`), and a charset declaration that lies the way Persian and Arabic feeds'
 declarations lie is corrected (`_read_charset`).
 
-A refresh of a changed feed passes the keys it stored last time (`carried`): an entry with
-one of them is left unread (`UnreadEntry`), without its display text, where its key can be
-known before its text.
+A refresh of a changed feed passes what it stored last time (`KnownItems`). A changed feed
+usually repeats most of its document: an item repeated byte for byte, in the same
+surroundings, is not parsed at all (feedparser reads the document without it; `_Items` cuts
+it out), and an entry with a known key is left unread (`UnreadEntry`), without its display
+text, where its key can be known before its text.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import calendar
 import codecs
 import hashlib
 import io
+import itertools
+import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import feedparser
 
@@ -76,10 +82,13 @@ _MIN_CP1256_LETTERS = 8
 @dataclass(frozen=True)
 class ParsedFeed:
     title: str | None
-    entries: list[Entry | UnreadEntry]  # only `Entry` unless `parse_feed` had `carried`
+    entries: list[Entry | UnreadEntry]  # only `Entry` unless `parse_feed` had `known`
     problem: str | None  # set when the XML was not well-formed but entries were recovered
     ttl_seconds: float | None = None  # RSS <ttl>
     update_period_seconds: float | None = None  # sy:updatePeriod / sy:updateFrequency
+    # Per entry, the digest of its item's bytes in their surroundings (`_Items`); 0 where
+    # the document could not be cut into items. Empty when none could.
+    item_digests: tuple[int, ...] = ()
 
 
 class NotAFeed(ValueError):
@@ -276,41 +285,135 @@ def _author(raw: Mapping[str, object]) -> str | None:
 
 @dataclass(frozen=True)
 class UnreadEntry:
-    """An entry of the document whose text was left as feedparser gave it, because its feed
-    most likely stored it before (`parse_feed`'s `carried`): making display text is most of
-    the cost of an entry once feedparser is done. It has what identifies it; `read` makes the
-    `Entry`, the same one `parse_feed` would have made, for when the guess was wrong."""
+    """An entry of the document whose text was not made, because its feed most likely stored
+    it before (`parse_feed`'s `known`): making display text is most of the cost of an entry
+    once feedparser is done, and feedparser most of the rest. It has what identifies it.
+
+    `raw` is feedparser's entry, from which `read` makes the `Entry` that `parse_feed` would
+    have made, for when the guess was wrong. It is None for an item that was not parsed at
+    all (repeated byte for byte): then the entry is read from the whole document again
+    (`read_entry`)."""
 
     key: str
-    link: str
     published: datetime | None
-    raw: Mapping[str, object]  # feedparser's entry
+    raw: Mapping[str, object] | None
 
     def read(self) -> Entry:
+        assert self.raw is not None, "an unparsed item is read with read_entry"
         entry = _entry(self.raw)
         assert entry is not None, "an entry with a link is never dropped"
         return entry
 
 
-def _unread_or_entry(raw: Mapping[str, object], carried: Callable[[str], bool] | None
+@dataclass(frozen=True)
+class KnownItems:
+    """What a feed's last stored document held, for parsing its next one: every entry's key,
+    and per entry the digest of its item's bytes (0 when the document could not be cut into
+    items) and its published time (NaN for none). Keys, not their digests: an item that is
+    not parsed still needs its key to be stored as carried."""
+
+    keys: tuple[str, ...] = ()
+    digests: array[int] = field(default_factory=lambda: array("q"))
+    published: array[float] = field(default_factory=lambda: array("d"))
+
+    @classmethod
+    def of(cls, parsed: ParsedFeed) -> KnownItems:
+        digests = parsed.item_digests or (0,) * len(parsed.entries)
+        return cls(tuple(e.key for e in parsed.entries), array("q", digests),
+                   array("d", (e.published.timestamp() if e.published else math.nan
+                               for e in parsed.entries)))
+
+    def unparsed(self) -> dict[int, UnreadEntry]:
+        """The entries whose items need not be parsed again, by their items' digests."""
+        return {digest: UnreadEntry(key, None if math.isnan(published)
+                                    else datetime.fromtimestamp(published, UTC), None)
+                for key, digest, published in zip(self.keys, self.digests, self.published,
+                                                   strict=True) if digest}
+
+
+def _unread_or_entry(raw: Mapping[str, object], known: frozenset[str]
                      ) -> Entry | UnreadEntry | None:
-    """The entry, or left unread when `carried` says its feed has it. Only an entry with a
-    link can be: its key does not depend on its text (a GUID or the link), and it is never
-    dropped for lack of text (`_entry`), whatever its text turns out to be."""
-    if carried is not None and (link := _link(raw)) is not None:
+    """The entry, or left unread when its key is known. Only an entry with a link can be:
+    its key does not depend on its text (a GUID or the link), and it is never dropped for
+    lack of text (`_entry`), whatever its text turns out to be."""
+    if known and (link := _link(raw)) is not None:
         key = _key_of_identity(raw, link)
-        if key is not None and carried(key):
-            return UnreadEntry(key=key, link=link, published=_published(raw), raw=raw)
+        if key is not None and key in known:
+            return UnreadEntry(key=key, published=_published(raw), raw=raw)
     return _entry(raw)
 
 
+# Item and entry elements, skipping CDATA sections and comments, which may hold either as text.
+_ITEM_MARKUP = re.compile(
+    rb"<!\[CDATA\[.*?\]\]>|<!--.*?-->"
+    rb"|<(/?)((?:[A-Za-z_][\w.-]*:)?(?:item|entry))(?=[\s/>])(?:[^>\"']|\"[^\"]*\"|'[^']*')*>",
+    re.S)
+_TEXT_BETWEEN_TAGS = re.compile(rb">[^<]+<")
+
+
+@dataclass(frozen=True)
+class _Items:
+    """A document cut into its item (RSS) or entry (Atom) elements, each kept as its bytes,
+    and what is around them. Each item's digest covers its bytes and its surroundings: the
+    feed's URL and charset, and the markup before the first item without its text (the XML
+    declaration, entity declarations, namespaces and xml:base; not the channel's changing
+    dates). What feedparser makes of an item depends on nothing else, so an item with a
+    known digest would be parsed into the entry it was parsed into before.
+
+    Cut only where that is plain: items one after the other with nothing but white space
+    between them, never one inside another, one element name throughout."""
+
+    head: bytes
+    items: list[bytes]
+    tail: bytes
+    digests: list[int]
+
+    @classmethod
+    def cut(cls, body: bytes, headers: Mapping[str, str], url: str) -> _Items | None:
+        spans: list[tuple[int, int]] = []
+        start, name = -1, b""
+        for tag in _ITEM_MARKUP.finditer(body):
+            if tag.group(2) is None:
+                continue  # CDATA or a comment
+            closing = bool(tag.group(1))
+            if (name and tag.group(2) != name) or closing != (start >= 0) \
+                    or tag.group(0).endswith(b"/>"):
+                return None
+            name = tag.group(2)
+            if closing:
+                spans.append((start, tag.end()))
+                start = -1
+            else:
+                start = tag.start()
+        if not spans or start >= 0:
+            return None
+        if any(body[end:next_start].strip()
+               for (_, end), (next_start, _) in itertools.pairwise(spans)):
+            return None
+        head = body[:spans[0][0]]
+        context = hashlib.blake2b(
+            b"\n".join([url.encode(), headers.get("content-type", "").encode(),
+                        _TEXT_BETWEEN_TAGS.sub(b"><", head)]), digest_size=16).digest()
+        items = [body[a:b] for a, b in spans]
+        digests = [int.from_bytes(hashlib.blake2b(item, digest_size=8, key=context).digest(),
+                                  "little", signed=True) or 1 for item in items]
+        return cls(head, items, body[spans[-1][1]:], digests)
+
+    def without(self, drop: Sequence[bool]) -> bytes:
+        """The document with the items marked in `drop` left out."""
+        return self.head + b"\n".join(
+            item for item, dropped in zip(self.items, drop, strict=True) if not dropped
+        ) + self.tail
+
+
 def parse_feed(body: bytes, headers: Mapping[str, str], url: str,
-               carried: Callable[[str], bool] | None = None) -> ParsedFeed:
+               known: KnownItems | None = None) -> ParsedFeed:
     """Parse feed bytes. Headers carry the charset; feedparser never sees a str or URL.
 
-    `carried` tells, by entry key, which entries the caller most likely has already: those
-    are left unread (`UnreadEntry`) where their key is known without their text. Without
-    it, every entry is an `Entry`.
+    `known` is what the caller stored from the feed's last document. An item repeated byte
+    for byte is not parsed (feedparser reads the document without it), and an entry with a
+    known key is not read where its key is known without its text: both come back as
+    `UnreadEntry`, in their places. Without `known`, every entry is an `Entry`.
 
     Raises NotAFeed when nothing feed-like could be recovered.
     """
@@ -319,24 +422,83 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str,
     body, entity_note = guard_entities(body)
     body = _drop_bad_charrefs(body)
     body, response_headers, charset_note = _read_charset(body, response_headers)
-    try:
-        result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
-    except Exception as exc:  # a feedparser bug on hostile input is this feed's problem only
-        raise NotAFeed(f"the feed parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
+    items = _Items.cut(body, response_headers, url) \
+        if _cuttable(body, response_headers) else None
+    repeated = known.unparsed() if known is not None and items is not None else {}
+    # Per item of the document, its digest and, when it is repeated, the entry it made.
+    slots = [(digest, repeated.get(digest)) for digest in items.digests] if items else []
+    result = None
+    if items is not None and any(entry for _, entry in slots):
+        result = _feedparser(items.without([entry is not None for _, entry in slots]),
+                             response_headers)
+        if not _read_cleanly(result) or len(result.get("entries", [])) != _fresh(slots):
+            result = None  # not what it was cut as (a malformed document): read it all
+    if result is None:
+        result = _feedparser(body, response_headers)
+        slots = [(digest, None) for digest, _ in slots]
+    raws = result.get("entries", [])
+    if not _read_cleanly(result) or len(raws) != _fresh(slots):
+        # The digests go with the entries only where feedparser read each item as one
+        # entry, in a document it read without trouble.
+        slots = [(0, None)] * len(raws)
     notes = [entity_note, charset_note]
     if result.get("bozo"):
         exc = result.get("bozo_exception")
         notes.append(f"{type(exc).__name__}: {exc}"[:300] if exc else "malformed feed")
     problem = "; ".join(filter(None, notes)) or None
-    entries = [e for raw in result.get("entries", [])
-               if (e := _unread_or_entry(raw, carried)) is not None]
+    keys = frozenset(known.keys) if known is not None else frozenset()
+    fresh = iter(raws)
+    entries: list[Entry | UnreadEntry] = []
+    digests: list[int] = []
+    for digest, repeated_entry in slots:
+        entry = repeated_entry or _unread_or_entry(next(fresh), keys)
+        if entry is not None:
+            entries.append(entry)
+            digests.append(digest)
     feed_info = result.get("feed", {})
     if not entries and not result.get("version") and not feed_info.get("title"):
         raise NotAFeed(problem or "no RSS or Atom document found")
     title = _clean(display_text(str(feed_info.get("title") or "")), MAX_TITLE) or None
     return ParsedFeed(title=title, entries=entries, problem=problem,
                       ttl_seconds=_minutes(feed_info.get("ttl")),
-                      update_period_seconds=_update_period(feed_info))
+                      update_period_seconds=_update_period(feed_info),
+                      item_digests=tuple(digests) if any(digests) else ())
+
+
+def _read_cleanly(result: Any) -> bool:
+    """Whether feedparser read the document as well-formed XML. A media type that is not
+    XML's is noted (bozo) but changes nothing in how it is read, and a document must not lose
+    its repeated items for a server's wrong Content-Type."""
+    return not result.get("bozo") or isinstance(result.get("bozo_exception"),
+                                                 feedparser.NonXMLContentType)
+
+
+def _fresh(slots: Sequence[tuple[int, UnreadEntry | None]]) -> int:
+    return sum(entry is None for _, entry in slots)
+
+
+def read_entry(body: bytes, headers: Mapping[str, str], url: str, key: str) -> Entry:
+    """The entry with this key, read from the whole document: for an item that `parse_feed`
+    did not parse (its bytes were known) when it turns out not to be stored after all."""
+    for entry in parse_feed(body, headers, url).entries:
+        if entry.key == key:
+            assert isinstance(entry, Entry)
+            return entry
+    raise LookupError(f"no entry {key!r} in the document")
+
+
+def _cuttable(body: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether the document's bytes can be searched for markup: ASCII-compatible, in a
+    charset where every `<` byte is one (UTF-8 or single-byte)."""
+    return _codec(body) == "latin-1" and all(
+        _UTF8.match(c) or _SINGLE_BYTE.match(c) for c in _declared_charsets(body, headers))
+
+
+def _feedparser(body: bytes, response_headers: Mapping[str, str]) -> Any:
+    try:
+        return feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    except Exception as exc:  # a feedparser bug on hostile input is this feed's problem only
+        raise NotAFeed(f"the feed parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 def _minutes(value: object) -> float | None:

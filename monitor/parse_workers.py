@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ from types import FrameType
 
 from monitor.articles import PreparedDocument, prepare_document
 from monitor.config import WatchConfig
+from monitor.parse import KnownItems
 from monitor.text.match import Matcher
 from monitor.text.normalize import load_normalizer
 
@@ -120,13 +121,13 @@ def _matcher(digest: bytes, pickled: bytes | None) -> Matcher:
 # CPU a document may take, as a multiple of `parse.timeout`, before the kernel ends its worker.
 CPU_LIMIT_FACTOR = 2.0
 
-Work = Callable[[bytes, Mapping[str, str], str, str, Matcher, Collection[int]],
+Work = Callable[[bytes, Mapping[str, str], str, str, Matcher, KnownItems | None],
                 PreparedDocument]
 
 
 def _prepare(work: Work, digest: bytes, pickled: bytes | None, timeout: float, body: bytes,
              headers: Mapping[str, str], url: str, feed_name: str,
-             carried: Collection[int]) -> PreparedDocument:
+             known: KnownItems | None) -> PreparedDocument:
     global _reading
     matcher = _matcher(digest, pickled)
     # The clocks start when the worker takes the document, not when it was queued.
@@ -135,7 +136,7 @@ def _prepare(work: Work, digest: bytes, pickled: bytes | None, timeout: float, b
     signal.setitimer(signal.ITIMER_VIRTUAL, timeout * CPU_LIMIT_FACTOR)
     try:
         try:
-            document = work(body, headers, url, feed_name, matcher, carried)
+            document = work(body, headers, url, feed_name, matcher, known)
         finally:
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -185,11 +186,11 @@ class ParseWorkers:
 
     async def prepare(self, watches: WatchList, timeout: float, body: bytes,
                       headers: Mapping[str, str], url: str, feed_name: str,
-                      carried: Collection[int]) -> PreparedDocument:
+                      known: KnownItems | None) -> PreparedDocument:
         """`prepare_document` in a worker. A worker that dies (killed, out of memory, a
         crash in C code) fails every task it was given with the pool: each is tried once
         more in a new pool, so that only the document that kills workers fails."""
-        args = (timeout, body, dict(headers), url, feed_name, carried)
+        args = (timeout, body, dict(headers), url, feed_name, known)
         for _ in range(2):
             pool = self._current()
             try:

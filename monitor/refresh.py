@@ -13,15 +13,14 @@ import functools
 import logging
 import random
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from monitor.articles import Candidate, PreparedDocument, key_hash, prepare, prepare_document
+from monitor.articles import Candidate, PreparedDocument, prepare, prepare_document
 from monitor.config import ParseConfig, ScheduleConfig
 from monitor.fetch import Fetched, Fetcher, HostGate, Validators
-from monitor.parse import Entry, NotAFeed, ParsedFeed, UnreadEntry
+from monitor.parse import Entry, KnownItems, NotAFeed, ParsedFeed, UnreadEntry, read_entry
 from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
 from monitor.store.database import Database
 from monitor.store.queries import (
@@ -233,13 +232,12 @@ class Refresher:
         self.slots = slots or asyncio.Semaphore(fetcher.config.concurrency)
         # `expected`: how many refreshes the caller has claimed and not yet finished.
         self.releases = ReleaseBatcher(db, owner, linger=RELEASE_LINGER, expected=expected)
-        # Per feed id, the hashes of the entry keys of its last document that we stored: a
-        # changed feed usually adds an entry or two to a document of old ones, and these are
-        # left unprepared. Only a guess (retention may have removed an entry since, two keys
-        # may share a digest): `store_candidates` checks it against feed_entries and prepares
-        # what is not carried after all. Digests (`key_hash`) in an array, not the keys in a
-        # set: a few bytes per entry for thousands of feeds.
-        self._carried: dict[int, array[int]] = {}
+        # Per feed id, what its last document that we stored held (`KnownItems`): a changed
+        # feed usually adds an entry or two to a document of old ones, and those are neither
+        # parsed again where their bytes are the same nor prepared. Only a guess (retention
+        # may have removed an entry since, two items may share a digest): `store_candidates`
+        # checks it against feed_entries and prepares what is not carried after all.
+        self._known: dict[int, KnownItems] = {}
 
     async def refresh(self, feed: FeedState, interval: float) -> RefreshOutcome:
         async with self.slots:
@@ -298,19 +296,23 @@ class Refresher:
     async def _prepare_document(self, feed: FeedState, fetched: Fetched) -> PreparedDocument:
         """The document parsed and its entries prepared but for those the feed most likely
         carried already (`prepare_document`)."""
-        carried = self._carried.get(feed.id, ())
+        known = self._known.get(feed.id)
         if self.workers is None:
             return await asyncio.to_thread(prepare_document, fetched.body, fetched.headers,
-                                           fetched.url, feed.name, self.matcher, carried)
+                                           fetched.url, feed.name, self.matcher, known)
         assert self._watches is not None
         return await self.workers.prepare(self._watches, self.parse.timeout, fetched.body,
-                                          fetched.headers, fetched.url, feed.name, carried)
+                                          fetched.headers, fetched.url, feed.name, known)
 
-    def _prepare(self, feed: FeedState, entry: Entry | UnreadEntry) -> Candidate:
+    def _prepare(self, feed: FeedState, fetched: Fetched, entry: Entry | UnreadEntry
+                 ) -> Candidate:
         # An unread entry is prepared only when `store_candidates` finds that the feed does
-        # not carry it after all: then its text is read, as parsing would have.
-        return prepare(entry.read() if isinstance(entry, UnreadEntry) else entry, feed.name,
-                       self.matcher)
+        # not carry it after all: then its text is read, as parsing would have (from the
+        # whole document again, for an item that was not parsed at all).
+        if isinstance(entry, UnreadEntry):
+            entry = entry.read() if entry.raw is not None else read_entry(
+                fetched.body, fetched.headers, fetched.url, entry.key)
+        return prepare(entry, feed.name, self.matcher)
 
     def _store(self, feed: FeedState, interval: float, fetched: Fetched, parsed: ParsedFeed,
                candidates: list[Candidate | Entry | UnreadEntry], now: datetime
@@ -323,14 +325,15 @@ class Refresher:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
                                       now=now, rules=self.rules,
-                                      prepare=functools.partial(self._prepare, feed))
+                                      prepare=functools.partial(self._prepare, feed,
+                                                                fetched))
             changes = self._success_changes(feed, planned, fetched, now,
                                             body_hash=fetched.body_hash)
             if parsed.problem:  # entries were kept; the problem is still worth showing
                 changes["last_error"] = f"malformed: {parsed.problem}"
             release_feed(session, feed.id, self.owner, **changes)
         # Committed: every entry of the document is now carried (old, or recorded just now).
-        self._carried[feed.id] = array("q", {key_hash(e.key) for e in parsed.entries})
+        self._known[feed.id] = KnownItems.of(parsed)
         return result
 
     def _success_changes(self, feed: FeedState, planned: float, fetched: Fetched,

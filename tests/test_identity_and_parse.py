@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from array import array
+
 import pytest
 
 from monitor.identity import canonical_link, fingerprint
-from monitor.parse import Entry, NotAFeed, UnreadEntry, parse_feed
+from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, parse_feed
 from tests.conftest import shared_testdata
 from tests.servers import rss
 
@@ -47,12 +49,12 @@ def test_parse_entries_keys_and_dates() -> None:
 
 
 
-def test_entries_the_caller_carried_are_left_unread_where_their_key_says_so() -> None:
-    """With `carried`, an entry with a link whose key (its GUID, else its link) the caller
-    has is left unread, and `read` makes the very entry parsing makes without `carried`, even
-    one whose text is empty once markup is removed. Without a link parsing cannot tell
-    (a key from the text, or an entry dropped for lack of text), so those are made as ever;
-    the caller is asked only about keys known without the text."""
+def test_entries_with_known_keys_are_left_unread_where_their_key_says_so() -> None:
+    """With `known` keys (and items not known by their bytes), an entry with a link whose key
+    (its GUID, else its link) is known is left unread, and `read` makes the very entry
+    parsing makes without `known`, even one whose text is empty once markup is removed.
+    Without a link parsing cannot tell (a key from the text, or an entry dropped for lack of
+    text), so those are made as ever."""
     body = rss([
         {"title": "<b>سازمان</b> همکاری", "link": "https://x.ir/1", "guid": "g1",
          "description": "<p>متن &amp; خبر</p>", "pubDate": "Sun, 22 Nov 2026 10:00:00 +0330",
@@ -64,21 +66,16 @@ def test_entries_the_caller_carried_are_left_unread_where_their_key_says_so() ->
         {"title": "خبر تازه", "link": "https://x.ir/6", "guid": "g6"},
     ]).replace("<guid>g4", '<guid isPermaLink="false">g4').encode()  # else g4 is its link
     headers = {"content-type": "application/rss+xml"}
-    asked: list[str] = []
-
-    def carried(key: str) -> bool:
-        asked.append(key)
-        return not key.endswith("g6")
-
     made = parse_feed(body, headers, "http://127.0.0.1/f").entries
-    left = parse_feed(body, headers, "http://127.0.0.1/f", carried=carried).entries
+    everything = KnownItems.of(parse_feed(body, headers, "http://127.0.0.1/f"))
+    # Every key but g6's, and no item digests: the items changed (say, a view count).
+    known = KnownItems(everything.keys[:5], array("q", [0] * 5), everything.published[:5])
+    left = parse_feed(body, headers, "http://127.0.0.1/f", known).entries
     assert [type(e) for e in left] == [UnreadEntry] * 3 + [Entry] * 3
-    assert asked == [made[n].key for n in (0, 1, 2, 5)]
-    assert asked[1] == "link:https://x.ir/2"
-    assert [(e.key, e.link, e.published) for e in left] == \
-        [(e.key, e.link, e.published) for e in made]
+    assert [(e.key, e.published) for e in left] == [(e.key, e.published) for e in made]
     assert [e.read() if isinstance(e, UnreadEntry) else e for e in left] == made
     assert made[2].title == ""
+
 
 def test_not_a_feed() -> None:
     with pytest.raises(NotAFeed):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +19,9 @@ import pytest
 from sqlalchemy import select
 
 from benchmarks.worker import descendants
-from monitor.articles import Candidate, PreparedDocument, key_hash, prepare_document
+from monitor.articles import Candidate, PreparedDocument, prepare_document
 from monitor.config import WatchConfig, load_config, load_secrets
-from monitor.parse import Entry, NotAFeed, UnreadEntry
+from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, read_entry
 from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
 from monitor.seed import read_seeds
 from monitor.service import Monitor
@@ -33,6 +34,7 @@ from tests.stuck_parse import STUCK, prepare_unless_stuck
 OIC = WatchConfig(name="oic", any=["سازمان همکاری اسلامی"])
 DESK = WatchConfig(name="desk", any=["شورای امنیت"])
 HEADERS = {"content-type": "application/rss+xml; charset=utf-8"}
+URL = "http://127.0.0.1/f"
 
 
 def document(items: int, tag: str = "") -> bytes:
@@ -77,22 +79,24 @@ def worker_pids() -> Callable[[], set[int]]:
 
 
 def run_in_worker(workers: ParseWorkers, body: bytes, watches: list[WatchConfig],
-                  timeout: float = 60.0, carried: tuple[int, ...] = ()) -> PreparedDocument:
+                  timeout: float = 60.0, known: KnownItems | None = None) -> PreparedDocument:
     return asyncio.run(workers.prepare(WatchList.of(watches), timeout, body, HEADERS,
-                                       "http://127.0.0.1/f", "agency", carried))
+                                       "http://127.0.0.1/f", "agency", known))
 
 
 def test_a_worker_prepares_what_the_daemon_thread_would(workers: ParseWorkers) -> None:
     body = document(12)
-    parsed_once = prepare_document(body, HEADERS, "http://127.0.0.1/f", "agency",
+    parsed_once = prepare_document(document(5), HEADERS, "http://127.0.0.1/f", "agency",
                                    Matcher([OIC]))
-    carried = tuple(key_hash(e.key) for e in parsed_once.parsed.entries[:5])
+    known = KnownItems.of(parsed_once.parsed)
     here = prepare_document(body, HEADERS, "http://127.0.0.1/f", "agency", Matcher([OIC]),
-                            carried)
-    there = run_in_worker(workers, body, [OIC], carried=carried)
+                            known)
+    there = run_in_worker(workers, body, [OIC], known=known)
     assert there == here
-    # The five carried entries were left unprepared there too; the others were matched.
+    # The five known entries were left unprepared (and unparsed) there too; the others were
+    # matched.
     assert [isinstance(c, Candidate) for c in there.candidates] == [False] * 5 + [True] * 7
+    assert all(c.raw is None for c in there.candidates[:5] if isinstance(c, UnreadEntry))
     assert any(c.matches for c in there.candidates if isinstance(c, Candidate))
 
 
@@ -146,7 +150,7 @@ async def _kill_workers_while_parsing(workers: ParseWorkers, body: bytes, kills:
                                       ) -> PreparedDocument:
     """Start a long parse and kill the worker reading it, `kills` times."""
     task = asyncio.create_task(workers.prepare(WatchList.of([OIC]), 60.0, body, HEADERS,
-                                               "http://127.0.0.1/f", "agency", ()))
+                                               "http://127.0.0.1/f", "agency", None))
     killed: set[int] = set()
     while len(killed) < kills:
         await asyncio.sleep(0.05)
@@ -180,7 +184,7 @@ def test_a_worker_ignores_the_signals_meant_for_the_daemon(
     async def interrupted() -> PreparedDocument:
         task = asyncio.create_task(workers.prepare(
             WatchList.of([OIC]), 60.0, document(1500, "i"), HEADERS, "http://127.0.0.1/f",
-            "agency", ()))
+            "agency", None))
         while not worker_pids():
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # the worker is up and reading
@@ -228,7 +232,7 @@ def test_workers_leave_when_the_daemon_is_killed(tmp_path: Path) -> None:
         "workers = ParseWorkers(1)\n"
         "asyncio.run(workers.prepare(WatchList.of([WatchConfig(name='w', any=['x'])]), 60.0,\n"
         "    b'<rss version=\"2.0\"><channel><title>t</title></channel></rss>', {},\n"
-        "    'http://127.0.0.1/f', 'f', ()))\n"
+        "    'http://127.0.0.1/f', 'f', None))\n"
         "print('ready', flush=True)\n"
         "sys.stdin.read()\n")
     daemon = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
@@ -247,27 +251,37 @@ def test_workers_leave_when_the_daemon_is_killed(tmp_path: Path) -> None:
 
 
 def test_every_corpus_document_survives_the_trip_from_a_worker() -> None:
-    """What a worker sends back is pickled: feedparser's whole corpus, read once and then
-    with every entry carried (left unread, with feedparser's own entry inside), comes back
-    equal."""
+    """What a worker sends back is pickled: feedparser's whole corpus, read once, then again
+    with every entry's key known (left unread, with feedparser's own entry inside) and with
+    its items known as well (not parsed at all), comes back equal."""
     corpus = shared_testdata("feedparser")
     matcher = Matcher([OIC])
-    documents = unread = 0
+    documents = unread = unparsed = 0
     for path in sorted(p for p in corpus.rglob("*") if p.is_file() and p.parent != corpus):
         body = path.read_bytes()
         try:
-            first = prepare_document(body, {}, "http://127.0.0.1/f", "f", matcher)
+            first = prepare_document(body, {}, URL, "f", matcher)
         except NotAFeed:
             continue
-        for carried in ((), {key_hash(e.key) for e in first.parsed.entries}):
-            sent = prepare_document(body, {}, "http://127.0.0.1/f", "f", matcher, carried)
+        everything = KnownItems.of(first.parsed)
+        keys_only = KnownItems(everything.keys, array("q", [0] * len(everything.keys)),
+                               everything.published)
+        for known in (None, keys_only, everything):
+            sent = prepare_document(body, {}, URL, "f", matcher, known)
             received = pickle.loads(pickle.dumps(sent))
             assert received == sent, path
-            assert [read(c) for c in received.candidates] == [read(c) for c in sent.candidates]
-            unread += sum(isinstance(c, UnreadEntry) for c in received.candidates)
+            assert [read(c, body) for c in received.candidates] == \
+                [read(c, body) for c in sent.candidates]
+            unread += sum(isinstance(c, UnreadEntry) and c.raw is not None
+                          for c in received.candidates)
+            unparsed += sum(isinstance(c, UnreadEntry) and c.raw is None
+                            for c in received.candidates)
         documents += 1
-    assert documents > 2000 and unread > 100
+    assert documents > 2000 and unread > 100 and unparsed > 100
 
 
-def read(candidate: Candidate | Entry | UnreadEntry) -> Candidate | Entry:
-    return candidate.read() if isinstance(candidate, UnreadEntry) else candidate
+def read(candidate: Candidate | Entry | UnreadEntry, body: bytes) -> Candidate | Entry:
+    if isinstance(candidate, UnreadEntry):
+        return candidate.read() if candidate.raw is not None else \
+            read_entry(body, {}, URL, candidate.key)
+    return candidate

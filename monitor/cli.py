@@ -27,6 +27,7 @@ from monitor.config import (
     secret_values,
 )
 from monitor.logs import add_secrets, setup_logging
+from monitor.parse_workers import WorkersUnavailable, close_workers
 from monitor.seed import SeedError
 from monitor.store.database import Database, DatabaseError
 
@@ -103,8 +104,6 @@ def cmd_seed(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from monitor.parse_workers import close_workers
-
     async def main() -> int:
         monitor = _monitor(config)
         try:
@@ -129,7 +128,6 @@ def cmd_poll(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from monitor.parse_workers import close_workers
     from monitor.scheduler import Daemon, limit_malloc_arenas
     from monitor.service import process_owner
     from monitor.store.lock import single_daemon
@@ -553,7 +551,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     add_secrets(secret_values(config, load_secrets(config)))
     try:
         return handler(config, args, out)
-    except (ConfigError, SeedError) as exc:
+    except (ConfigError, SeedError, WorkersUnavailable) as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (DatabaseError, OperationalError, SQLAlchemyError) as exc:

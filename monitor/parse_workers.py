@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from types import FrameType
@@ -44,6 +44,16 @@ from monitor.text.normalize import load_normalizer
 
 class ParseFailed(Exception):
     """A worker gave up on a document, or died reading it; the message says which."""
+
+
+class WorkersUnavailable(ParseFailed):
+    """No worker process could be started (a process or memory limit)."""
+
+    def __init__(self, processes: int, exc: OSError) -> None:
+        super().__init__(
+            f"parse.processes: could not start {processes} parse worker process"
+            f"{'es' if processes > 1 else ''} ({type(exc).__name__}: {exc}); free the "
+            "resources, or set parse.processes: 0 to parse in the daemon's threads")
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,13 @@ class ParseWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()  # Monitors on other threads' loops share the pool
 
+    def _submit(self, pool: ProcessPoolExecutor, *task: object) -> Future[PreparedDocument]:
+        # Worker processes start on submit: a process limit or a failed fork shows here.
+        try:
+            return pool.submit(*task)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise WorkersUnavailable(self.processes, exc) from exc
+
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
@@ -182,7 +199,7 @@ class ParseWorkers:
         rather than at the first changed feed."""
         pool = self._current()
         for _ in range(self.processes):
-            pool.submit(int)
+            self._submit(pool, int)
 
     async def prepare(self, watches: WatchList, timeout: float, body: bytes,
                       headers: Mapping[str, str], url: str, feed_name: str,
@@ -196,10 +213,10 @@ class ParseWorkers:
             try:
                 try:
                     return await asyncio.wrap_future(
-                        pool.submit(_prepare, self.work, watches.digest, None, *args))
+                        self._submit(pool, _prepare, self.work, watches.digest, None, *args))
                 except _UnknownWatches:
-                    return await asyncio.wrap_future(pool.submit(
-                        _prepare, self.work, watches.digest, watches.pickled, *args))
+                    return await asyncio.wrap_future(self._submit(
+                        pool, _prepare, self.work, watches.digest, watches.pickled, *args))
             except BrokenProcessPool:
                 self._replace(pool)
         raise ParseFailed(

@@ -5,6 +5,8 @@ threads, each watch list matched as configured, and a worker that dies or overru
 from __future__ import annotations
 
 import asyncio
+import errno
+import multiprocessing.context
 import os
 import pickle
 import signal
@@ -20,9 +22,11 @@ from sqlalchemy import select
 
 from benchmarks.worker import descendants
 from monitor.articles import Candidate, PreparedDocument, prepare_document
+from monitor.cli import EXIT_CONFIG
+from monitor.cli import main as cli_main
 from monitor.config import WatchConfig, load_config, load_secrets
 from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, read_entry
-from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
+from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList, WorkersUnavailable
 from monitor.seed import read_seeds
 from monitor.service import Monitor
 from monitor.store.models import Feed
@@ -177,6 +181,35 @@ def test_a_document_that_kills_two_workers_fails_alone(
         asyncio.run(_kill_workers_while_parsing(workers, document(2000, "k"), 2, worker_pids))
     # The next document goes to a third worker.
     assert len(run_in_worker(workers, document(2), [OIC]).candidates) == 2
+
+
+def refuse_new_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS refuses to start a process, as under a process limit (root, who runs the
+    tests here, is exempt from RLIMIT_NPROC, so the refusal is made where spawn asks)."""
+    def refused(self: object) -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refused)
+
+
+def test_workers_that_cannot_start_say_so_and_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    refuse_new_processes(monkeypatch)
+    workers = ParseWorkers(2)
+    with pytest.raises(WorkersUnavailable, match=r"could not start 2 parse worker processes "
+                       r"\(BlockingIOError: .*Resource temporarily unavailable\).*"
+                       r"parse.processes: 0"):
+        workers.start()
+    # A refresh that meets the refusal later is that feed's error, not the daemon's end.
+    with pytest.raises(ParseFailed, match="could not start"):
+        run_in_worker(workers, document(2), [OIC])
+    workers.close()
+    # `monitor run` stops at startup with the message, not a traceback.
+    path = write_config(tmp_path / "monitor.yaml", f"sqlite:///{tmp_path / 'm.db'}", feeds=[])
+    assert cli_main(["--config", str(path), "run"]) == EXIT_CONFIG
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "monitor: parse.processes: could not start 1 parse worker process (")
 
 
 def test_a_worker_ignores_the_signals_meant_for_the_daemon(

@@ -64,6 +64,7 @@ class Sizes:
     latency_feeds: int = 50
     latency_events: int = 200
     latency_gap: float = 0.15
+    latency_runs: int = 3
     memory_feeds: int = 5000
     memory_items: int = 2
     profile: bool = True
@@ -71,7 +72,7 @@ class Sizes:
 
 QUICK = Sizes(cold_feeds=6, cold_items=5, cold_runs=1, steady_feeds=10, steady_items=3,
               steady_changed=0.2, steady_cycles=1, idle_cycles=1, latency_feeds=3,
-              latency_events=4, latency_gap=0.3, memory_feeds=10, memory_items=2,
+              latency_events=4, latency_gap=0.3, latency_runs=1, memory_feeds=10, memory_items=2,
               profile=False)
 
 
@@ -320,7 +321,9 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str,
 
 # --- 4. latency --------------------------------------------------------------------------
 
-def latency(sizes: Sizes) -> dict[str, Any]:
+def _latency_run(sizes: Sizes, seed: int) -> tuple[list[float], list[float]]:
+    """One daemon, `latency_events` events: each one's poll → alert and publish → alert,
+    in milliseconds."""
     with LoopbackServer(sizes.latency_feeds, 10) as server, \
             tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         work = Path(tmp)
@@ -332,7 +335,7 @@ def latency(sizes: Sizes) -> dict[str, Any]:
             # (the corpus items are ordinary news), so the events below start warm.
             _wait_for(lambda: server.stats()["min_feed_hits"] >= 2, 120, "the first polls",
                       daemon)
-            rng = random.Random(8)
+            rng = random.Random(seed)
             published: list[int] = []
             for _ in range(sizes.latency_events):
                 published += server.publish(1 / sizes.latency_feeds, oic=True,
@@ -344,27 +347,33 @@ def latency(sizes: Sizes) -> dict[str, Any]:
         finally:
             daemon.stop()
         events = [e for e in server.events() if e["item"] in wanted]
-    delivery = [(e["received"] - e["served"]) * 1000 for e in events]
-    end_to_end = [(e["received"] - e["published"]) * 1000 for e in events]
-    p99 = percentile(delivery, 99)
+    return ([(e["received"] - e["served"]) * 1000 for e in events],
+            [(e["received"] - e["published"]) * 1000 for e in events])
+
+
+def latency(sizes: Sizes) -> dict[str, Any]:
+    runs = [_latency_run(sizes, seed=8 + run) for run in range(sizes.latency_runs)]
     figures = [
         figure("poll → alert p50 (feed served to webhook received)", "ms",
-               [percentile(delivery, 50)]),
-        figure("poll → alert p99", "ms", [p99]),
-        figure("poll → alert max", "ms", [max(delivery)]),
+               [percentile(delivery, 50) for delivery, _ in runs]),
+        figure("poll → alert p99", "ms", [percentile(delivery, 99) for delivery, _ in runs]),
+        figure("poll → alert max", "ms", [max(delivery) for delivery, _ in runs]),
         figure("publish → alert p50 (includes waiting for the poll)", "ms",
-               [percentile(end_to_end, 50)]),
+               [percentile(end_to_end, 50) for _, end_to_end in runs]),
         figure("publish → alert p99 (includes waiting for the poll)", "ms",
-               [percentile(end_to_end, 99)]),
+               [percentile(end_to_end, 99) for _, end_to_end in runs]),
     ]
+    p99 = statistics.median(percentile(delivery, 99) for delivery, _ in runs)
     return {"name": "latency", "title": "Alert latency", "figures": figures,
             "target": "p99 ≤ 250 ms excluding the poll interval", "met": p99 <= 250,
-            "notes": [f"`monitor run` (the real daemon: scheduler tick 1 s, feed interval "
-                      f"1 s) on {sizes.latency_feeds} feeds; {len(events)} items about the "
-                      f"OIC published one every {sizes.latency_gap:g} s on random feeds. "
-                      "Each latency is one event; the percentiles are over all of them, "
-                      "timestamped by the feed server (when it served the item) and the "
-                      "webhook receiver (when the signed alert arrived)."]}
+            "notes": [f"{len(runs)} runs, each a `monitor run` daemon of its own (the real "
+                      f"daemon: scheduler tick 1 s, feed interval 1 s) on "
+                      f"{sizes.latency_feeds} feeds, with {sizes.latency_events} items about "
+                      f"the OIC published one every {sizes.latency_gap:g} s on random feeds. "
+                      "Each latency is one event; each run's percentiles are over its "
+                      "events, timestamped by the feed server (when it served the item) and "
+                      "the webhook receiver (when the signed alert arrived); the target is "
+                      "read on the median run's p99."]}
 
 
 # --- 7. memory ---------------------------------------------------------------------------

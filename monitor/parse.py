@@ -305,7 +305,7 @@ class UnreadEntry:
         return entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KnownItems:
     """What a feed's last stored document held, for parsing its next one: every entry's key,
     and per entry the digest of its item's bytes (0 when the document could not be cut into
@@ -348,7 +348,8 @@ _ITEM_MARKUP = re.compile(
     rb"<!\[CDATA\[.*?\]\]>|<!--.*?-->"
     rb"|<(/?)((?:[A-Za-z_][\w.-]*:)?(?:item|entry))(?=[\s/>])(?:[^>\"']|\"[^\"]*\"|'[^']*')*>",
     re.S)
-_TEXT_BETWEEN_TAGS = re.compile(rb">[^<]+<")
+_TAG = re.compile(rb"<(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
+_FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
 
 
 @dataclass(frozen=True)
@@ -391,9 +392,13 @@ class _Items:
                for (_, end), (next_start, _) in itertools.pairwise(spans)):
             return None
         head = body[:spans[0][0]]
+        # The prolog as it is (the XML declaration, the DOCTYPE and its entities), then the
+        # tags with their attributes and without the text between them.
+        root = _FIRST_ELEMENT.search(head)
+        prolog, markup = (head[:root.start()], head[root.start():]) if root else (head, b"")
         context = hashlib.blake2b(
-            b"\n".join([url.encode(), headers.get("content-type", "").encode(),
-                        _TEXT_BETWEEN_TAGS.sub(b"><", head)]), digest_size=16).digest()
+            b"\n".join([url.encode(), headers.get("content-type", "").encode(), prolog,
+                        *_TAG.findall(markup)]), digest_size=16).digest()
         items = [body[a:b] for a, b in spans]
         digests = [int.from_bytes(hashlib.blake2b(item, digest_size=8, key=context).digest(),
                                   "little", signed=True) or 1 for item in items]

@@ -12,6 +12,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -26,7 +27,13 @@ from monitor.cli import EXIT_CONFIG
 from monitor.cli import main as cli_main
 from monitor.config import WatchConfig, load_config, load_secrets
 from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, read_entry
-from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList, WorkersUnavailable
+from monitor.parse_workers import (
+    ParseFailed,
+    ParseWorkers,
+    WatchList,
+    WorkersUnavailable,
+    close_workers,
+)
 from monitor.seed import read_seeds
 from monitor.service import Monitor
 from monitor.store.models import Feed
@@ -195,6 +202,9 @@ def refuse_new_processes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_workers_that_cannot_start_say_so_and_what_to_do(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    # The process's shared workers, which earlier tests' Monitors started, would serve the
+    # daemon below without a new process.
+    close_workers()
     refuse_new_processes(monkeypatch)
     workers = ParseWorkers(2)
     with pytest.raises(WorkersUnavailable, match=r"could not start 2 parse worker processes "
@@ -207,7 +217,13 @@ def test_workers_that_cannot_start_say_so_and_what_to_do(
     workers.close()
     # `monitor run` stops at startup with the message, not a traceback.
     path = write_config(tmp_path / "monitor.yaml", f"sqlite:///{tmp_path / 'm.db'}", feeds=[])
-    assert cli_main(["--config", str(path), "run"]) == EXIT_CONFIG
+    # Should the daemon start after all, it is stopped as systemd would, and the test fails.
+    stop = threading.Timer(30, os.kill, (os.getpid(), signal.SIGTERM))
+    stop.start()
+    try:
+        assert cli_main(["--config", str(path), "run"]) == EXIT_CONFIG
+    finally:
+        stop.cancel()
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         "monitor: parse.processes: could not start 1 parse worker process (")
 

@@ -151,12 +151,12 @@ def test_a_new_item_is_parsed_and_the_repeated_ones_are_not() -> None:
     assert cut.entries[0] == whole.entries[0]
 
 
-@pytest.mark.parametrize("change", ["xml:base", "namespace", "entity", "url"])
+@pytest.mark.parametrize("change", ["xml:base", "namespace", "entity", "entity >", "url"])
 def test_repeated_items_in_changed_surroundings_are_parsed_again(change: str) -> None:
     """What the item's parse depends on beyond its bytes: a base URL (the feed's own, or
     xml:base), namespaces, entities. Any change there reads every item again."""
-    items = item(1, "<dc:creator>&who;</dc:creator>") + item(2)
-    lead = '<!DOCTYPE rss [<!ENTITY who "نویسنده">]>'
+    items = item(1, "<dc:creator>&who;</dc:creator><dc:subject>&what;</dc:subject>") + item(2)
+    lead = '<!DOCTYPE rss [<!ENTITY who "نویسنده"><!ENTITY what "a > b">]>'
     channel = 'xmlns:dc="http://purl.org/dc/elements/1.1/" xml:base="http://a.ir/"'
     first = document(items, channel, lead)
     second, url = document(item(3) + items, channel, lead), URL
@@ -166,6 +166,8 @@ def test_repeated_items_in_changed_surroundings_are_parsed_again(change: str) ->
         second = second.replace(b"elements/1.1/", b"elements/1.2/")
     elif change == "entity":
         second = second.replace("نویسنده".encode(), "دبیر".encode())
+    elif change == "entity >":
+        second = second.replace(b"a > b", b"a > c")
     else:
         url = "http://127.0.0.1/moved"
     cut, whole = next_document(first, second, url=url)

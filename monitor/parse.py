@@ -292,14 +292,14 @@ class UnreadEntry:
     `raw` is feedparser's entry, from which `read` makes the `Entry` that `parse_feed` would
     have made, for when the guess was wrong. It is None for an item that was not parsed at
     all (repeated byte for byte): then the entry is read from the whole document again
-    (`read_entry`)."""
+    (`entries_by_key`)."""
 
     key: str
     published: datetime | None
     raw: Mapping[str, object] | None
 
     def read(self) -> Entry:
-        assert self.raw is not None, "an unparsed item is read with read_entry"
+        assert self.raw is not None, "an unparsed item is read with entries_by_key"
         entry = _entry(self.raw)
         assert entry is not None, "an entry with a link is never dropped"
         return entry
@@ -356,10 +356,11 @@ _FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
 class _Items:
     """A document cut into its item (RSS) or entry (Atom) elements, each kept as its bytes,
     and what is around them. Each item's digest covers its bytes and its surroundings: the
-    feed's URL and charset, and the markup before the first item without its text (the XML
-    declaration, entity declarations, namespaces and xml:base; not the channel's changing
-    dates). What feedparser makes of an item depends on nothing else, so an item with a
-    known digest would be parsed into the entry it was parsed into before.
+    feed's URL and charset, the prolog (the XML declaration, the DOCTYPE and its entities)
+    and the tags before the first item with their attributes (namespaces, xml:base) but not
+    the text between them (the channel's changing dates). What feedparser makes of an item
+    depends on nothing else, so an item with a known digest would be parsed into the entry
+    it was parsed into before.
 
     Cut only where that is plain: items one after the other with nothing but white space
     between them, never one inside another, one element name throughout."""
@@ -482,14 +483,15 @@ def _fresh(slots: Sequence[tuple[int, UnreadEntry | None]]) -> int:
     return sum(entry is None for _, entry in slots)
 
 
-def read_entry(body: bytes, headers: Mapping[str, str], url: str, key: str) -> Entry:
-    """The entry with this key, read from the whole document: for an item that `parse_feed`
-    did not parse (its bytes were known) when it turns out not to be stored after all."""
+def entries_by_key(body: bytes, headers: Mapping[str, str], url: str) -> dict[str, Entry]:
+    """The document read whole, each entry by its key (the first, should two share one):
+    for the items `parse_feed` did not parse (their bytes were known) that turn out not to be
+    stored after all."""
+    entries: dict[str, Entry] = {}
     for entry in parse_feed(body, headers, url).entries:
-        if entry.key == key:
-            assert isinstance(entry, Entry)
-            return entry
-    raise LookupError(f"no entry {key!r} in the document")
+        assert isinstance(entry, Entry)
+        entries.setdefault(entry.key, entry)
+    return entries
 
 
 def _cuttable(body: bytes, headers: Mapping[str, str]) -> bool:

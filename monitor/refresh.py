@@ -20,7 +20,14 @@ from datetime import UTC, datetime, timedelta
 from monitor.articles import Candidate, PreparedDocument, prepare, prepare_document
 from monitor.config import ParseConfig, ScheduleConfig
 from monitor.fetch import Fetched, Fetcher, HostGate, Validators
-from monitor.parse import Entry, KnownItems, NotAFeed, ParsedFeed, UnreadEntry, read_entry
+from monitor.parse import (
+    Entry,
+    KnownItems,
+    NotAFeed,
+    ParsedFeed,
+    UnreadEntry,
+    entries_by_key,
+)
 from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
 from monitor.store.database import Database
 from monitor.store.queries import (
@@ -304,14 +311,13 @@ class Refresher:
         return await self.workers.prepare(self._watches, self.parse.timeout, fetched.body,
                                           fetched.headers, fetched.url, feed.name, known)
 
-    def _prepare(self, feed: FeedState, fetched: Fetched, entry: Entry | UnreadEntry
-                 ) -> Candidate:
+    def _prepare(self, feed: FeedState, whole: Callable[[], dict[str, Entry]],
+                 entry: Entry | UnreadEntry) -> Candidate:
         # An unread entry is prepared only when `store_candidates` finds that the feed does
         # not carry it after all: then its text is read, as parsing would have (from the
-        # whole document again, for an item that was not parsed at all).
+        # document read whole, once, for an item that was not parsed at all).
         if isinstance(entry, UnreadEntry):
-            entry = entry.read() if entry.raw is not None else read_entry(
-                fetched.body, fetched.headers, fetched.url, entry.key)
+            entry = entry.read() if entry.raw is not None else whole()[entry.key]
         return prepare(entry, feed.name, self.matcher)
 
     def _store(self, feed: FeedState, interval: float, fetched: Fetched, parsed: ParsedFeed,
@@ -321,12 +327,14 @@ class Refresher:
             interval, self.schedule,
             [parsed.ttl_seconds, parsed.update_period_seconds, fetched.max_age],
             [e.published for e in parsed.entries if e.published], now)
+        whole = functools.cache(
+            functools.partial(entries_by_key, fetched.body, fetched.headers, fetched.url))
         with self.db.session() as session:
             result = store_candidates(session, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
                                       now=now, rules=self.rules,
                                       prepare=functools.partial(self._prepare, feed,
-                                                                fetched))
+                                                                whole))
             changes = self._success_changes(feed, planned, fetched, now,
                                             body_hash=fetched.body_hash)
             if parsed.problem:  # entries were kept; the problem is still worth showing

@@ -26,7 +26,7 @@ from monitor.articles import Candidate, PreparedDocument, prepare_document
 from monitor.cli import EXIT_CONFIG
 from monitor.cli import main as cli_main
 from monitor.config import WatchConfig, load_config, load_secrets
-from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, read_entry
+from monitor.parse import Entry, KnownItems, NotAFeed, UnreadEntry, entries_by_key
 from monitor.parse_workers import (
     ParseFailed,
     ParseWorkers,
@@ -332,5 +332,5 @@ def test_every_corpus_document_survives_the_trip_from_a_worker() -> None:
 def read(candidate: Candidate | Entry | UnreadEntry, body: bytes) -> Candidate | Entry:
     if isinstance(candidate, UnreadEntry):
         return candidate.read() if candidate.raw is not None else \
-            read_entry(body, {}, URL, candidate.key)
+            entries_by_key(body, {}, URL)[candidate.key]
     return candidate

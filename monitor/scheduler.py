@@ -90,6 +90,8 @@ class Daemon:
         self._deliver_now = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._ticking = False
+        # The last claim filled its room: more feeds may be due than it could take.
+        self._backlog = False
         self._db_failures = 0
         self._db_retry_at = 0.0  # monotonic; no database work before it
         # A reload swaps the channels only while no claim is under way and no batch is
@@ -113,6 +115,9 @@ class Daemon:
             self._deliver_now.set()
 
     async def _tick(self) -> None:
+        self._claim()
+
+    def _claim(self) -> None:
         """Start a claim in a task of its own, tracked with the refreshes, so that stopping
         (APScheduler cancels running jobs) waits for it instead of cutting it off."""
         if self._stopping.is_set() or self._ticking or time.monotonic() < self._db_retry_at:
@@ -134,9 +139,9 @@ class Daemon:
             # Claim no more than can start soon, so that leases are not spent waiting. A
             # refresh whose outcome waits to share a transaction needs no fetch slot.
             started = time.monotonic()
-            room = (2 * self.monitor.config.fetch.concurrency
-                    - (len(self._in_flight) - self.monitor.recording))
+            room = 2 * self.monitor.config.fetch.concurrency - self._running
             feeds = await self.monitor.claim_feeds(room, ahead=self._ahead)
+            self._backlog = room > 0 and len(feeds) >= room
             self._database_back()
             self._last_cycle = time.monotonic()
             metrics.record_cycle(time.time(), self._last_cycle - started)
@@ -146,6 +151,20 @@ class Daemon:
             self._database_trouble(exc, "claiming feeds")
         finally:
             self._ticking = False
+
+    @property
+    def _running(self) -> int:
+        """Tasks in flight (claims and refreshes), but for the refreshes whose outcome only
+        waits to share a transaction: those need no fetch slot."""
+        return len(self._in_flight) - self.monitor.recording
+
+    def _claim_if_behind(self) -> None:
+        """Claim again before the tick when the last claim left feeds due and half its room
+        is free. Without it a daemon could refresh no more than twice `fetch.concurrency`
+        feeds per tick (64 a second by default) however fast each refresh is, and fall
+        further behind every tick with more feeds due than that."""
+        if self._backlog and self._running <= self.monitor.config.fetch.concurrency:
+            self._claim()
 
     @property
     def _ahead(self) -> float:
@@ -187,6 +206,7 @@ class Daemon:
         outcome = await self.monitor.refresh(feed)
         if outcome.alerts:
             self._deliver_now.set()
+        self._claim_if_behind()
 
     def _database_trouble(self, exc: Exception, doing: str) -> None:
         """Back off while the database is away (restarted, network cut): one warning per

@@ -106,3 +106,29 @@ def test_shutdown_waits_for_work_that_in_flight_work_starts(
 
     asyncio.run(scenario())
     assert finished == ["started later"]
+
+
+def test_more_feeds_due_than_one_claim_takes_are_refreshed_without_waiting_for_ticks(
+    tmp_path: Path, db_url: str, feed_server: FeedServer,
+) -> None:
+    # A claim takes at most twice `fetch.concurrency` feeds (4 here). With 30 feeds due and
+    # a 5 s tick, claiming only at the ticks would poll them over eight ticks (35 s); the
+    # daemon claims again as the claimed feeds finish, and polls all 30 in one go.
+    feeds = [{"name": f"feed-{i}", "url": feed_server.set_feed(f"/{i}.xml",
+                                                               rss([NOT_MATCHING])),
+              "interval": 600} for i in range(30)]
+    config = write_config(tmp_path / "monitor.yaml", db_url,
+                          scheduler={"tick": 5, "delivery_interval": 1, "shutdown_grace": 5},
+                          fetch={"concurrency": 2, "per_host_concurrency": 2,
+                                 "per_host_spacing": 0},
+                          feeds=feeds)
+
+    def polled() -> int:
+        return sum(feed_server.hits(f"/{i}.xml") >= 1 for i in range(30))
+
+    async def scenario() -> None:
+        async with daemon_in_loop(config):
+            assert await eventually(lambda: polled() == 30, timeout=4), polled()
+
+    asyncio.run(scenario())
+    assert all(feed_server.hits(f"/{i}.xml") == 1 for i in range(30))  # each once

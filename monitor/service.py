@@ -121,6 +121,8 @@ class Monitor:
                                                    thread_name_prefix="monitor-delivery")
         # Kept from the first config: a reload does not start or stop processes.
         self.parse = config.parse
+        # Stored feeds this config does not poll (`sync_feeds`), which claims pass over.
+        self._others: set[str] = set()
         # The process's parse workers; None when documents are parsed in its threads.
         self.parse_workers: ParseWorkers | None = (
             shared_workers(self.parse.processes) if self.parse.processes else None)
@@ -142,11 +144,11 @@ class Monitor:
         database and stay queued (for a channel that is gone they wait until it comes back).
         Refreshes already running finish with the old settings; the caller makes sure no
         delivery pass is running."""
-        def sync() -> None:
+        def sync() -> set[str]:
             with self.db.session() as session:
-                sync_feeds(session, config.feeds, datetime.now(UTC))
+                return sync_feeds(session, config.feeds, datetime.now(UTC))
 
-        await asyncio.to_thread(sync)
+        others = await asyncio.to_thread(sync)
         old_channels = list(self.channels.values())
         if self._fetcher is not None and (config.fetch, config.network) != (
                 self.config.fetch, self.config.network):
@@ -154,6 +156,7 @@ class Monitor:
             self._retired_fetchers.append(self._fetcher)
             self._fetcher, self._fetch_slots = None, None
         self._use(config, secrets)
+        self._others = others
         self._refresher = None  # the next refresh builds one with the new settings
         self.open_channels()
         for channel in old_channels:
@@ -165,7 +168,7 @@ class Monitor:
         """Migrate, register the configured feeds and load the baseline. Idempotent."""
         self.db.migrate()
         with self.db.session() as session:
-            sync_feeds(session, self.config.feeds, datetime.now(UTC))
+            self._others = sync_feeds(session, self.config.feeds, datetime.now(UTC))
         if self.parse_workers is not None:
             self.parse_workers.start()  # they start up while the baseline loads
         self.load_baseline()
@@ -243,7 +246,8 @@ class Monitor:
             with self.db.session() as session:
                 return claim_due_feeds(session, self.owner, self._intervals, now, lease,
                                        limit, due_only=due_only,
-                                       due_by=now + timedelta(seconds=ahead))
+                                       due_by=now + timedelta(seconds=ahead),
+                                       skip=self._others)
 
         feeds = await asyncio.to_thread(claim)
         self._unfinished += len(feeds)

@@ -87,6 +87,40 @@ def test_baseline_never_alerts(db_url: str) -> None:
     db.dispose()
 
 
+def test_claims_pass_over_the_feeds_another_config_polls(db_url: str) -> None:
+    db = _db(db_url)
+    now = datetime.now(UTC)
+    lease = timedelta(seconds=60)
+
+    def feeds(*names: str, disabled: str = "") -> list[FeedConfig]:
+        return [FeedConfig(name=n, url=f"http://127.0.0.1/{n}", enabled=n != disabled)
+                for n in names]
+
+    with db.session() as s:  # an earlier config had "gone"
+        sync_feeds(s, feeds("gone", "a"), now - lease)
+    with db.session() as s:
+        skip = sync_feeds(s, feeds("a", "b", "off", disabled="off"), now)
+    assert skip == {"gone", "off"}
+    configured = {"a", "b"}
+    with db.session() as s:
+        assert sorted(f.name for f in claim_due_feeds(
+            s, "one", configured, now, lease, 10, skip=skip)) == ["a", "b"]
+    # Another daemon sharing the database registers its own feed, due before ours.
+    with db.session() as s:
+        sync_feeds(s, feeds("theirs"), now - lease)
+    later = now + 2 * lease  # our leases have expired
+    with db.session() as s:
+        assert sorted(f.name for f in claim_due_feeds(
+            s, "one", configured, later, lease, 10, skip=skip)) == ["a", "b"]
+    assert skip == {"gone", "off", "theirs"}  # learnt, and passed over from now on
+    with db.session() as s:
+        row = s.scalar(select(Feed).where(Feed.name == "theirs"))
+        assert row.lease_owner is None  # not leased: its own daemon takes it
+        [theirs] = claim_due_feeds(s, "two", {"theirs"}, later, lease, 10)
+        assert theirs.name == "theirs"
+    db.dispose()
+
+
 def test_leases_hand_work_to_one_owner(db_url: str) -> None:
     db = _db(db_url)
     now = datetime.now(UTC)

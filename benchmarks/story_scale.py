@@ -7,7 +7,8 @@ recent articles (so the lookup finds, fetches and compares it) and half of which
 
 The stored articles are bulk-inserted into a SQLite file built once and cached in
 `benchmarks/.cache/` (gitignored): the band rows of the filler articles are distinct random
-64-bit keys, inserted in key order so that 32 million rows load in about a minute. Random
+64-bit keys, 32 to an article, inserted in key order so that 32 million rows load in a few
+minutes. Random
 keys model unrelated articles (their band keys almost never coincide); hot buckets of
 boilerplate text would add candidates at any size. Articles arrive at a constant rate
 (`RATE_PER_DAY`), so the larger store is a longer history, not a busier window.

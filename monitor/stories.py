@@ -169,10 +169,13 @@ class _LeadMemo:
         self._shingles: OrderedDict[bytes, array[int]] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _key(title: str, body: str) -> bytes:
+        return hashlib.blake2b(f"{len(title)}:{title}{body}".encode(), digest_size=16).digest()
+
     def shingles(self, title: str, body: str,
                  keys: tuple[FieldKey, FieldKey] | None = None) -> frozenset[int]:
-        key = hashlib.blake2b(f"{len(title)}:{title}{body}".encode(),
-                              digest_size=16).digest()
+        key = self._key(title, body)
         with self._lock:
             packed = self._shingles.get(key)
             if packed is not None:
@@ -180,11 +183,19 @@ class _LeadMemo:
         if packed is not None:
             return frozenset(packed)
         found = shingles(lead(title, body, "", keys))
+        self._keep(key, found)
+        return found
+
+    def remember(self, title: str, body: str, found: frozenset[int]) -> None:
+        """Take the shingles of this lead as computed elsewhere (`sketch` in a parse worker)."""
+        self._keep(self._key(title, body), found)
+
+    def _keep(self, key: bytes, found: frozenset[int]) -> None:
         with self._lock:
             self._shingles[key] = array("I", found)
+            self._shingles.move_to_end(key)
             while len(self._shingles) > self.size:
                 self._shingles.popitem(last=False)
-        return found
 
 
 _memo = _LeadMemo(LEAD_MEMO_SIZE)
@@ -193,6 +204,14 @@ _memo = _LeadMemo(LEAD_MEMO_SIZE)
 def lead_shingles(title: str, summary: str, content: str) -> frozenset[int]:
     """`shingles(lead(title, summary, content))`, remembered for recent texts."""
     return _memo.shingles(title, summary or content)
+
+
+def remember_lead(title: str, summary: str, content: str, sketch: Sketch) -> None:
+    """Make `lead_shingles` of this text answer with the sketch's shingles. A new article's
+    sketch comes from a parse worker, while the daemon compares stored articles with the
+    later ones that share a band key: most articles of a busy story are read back that way
+    soon after they are stored, and the daemon would fold and shingle each lead again."""
+    _memo.remember(title, summary or content, sketch.shingles)
 
 
 def sketch(title: str, summary: str, content: str, key: ItemKey | None = None) -> Sketch:

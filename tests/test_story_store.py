@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Connection, func, insert, select, text
 
+from monitor import stories
 from monitor.alerts.outbox import claim_messages, pace_channel
 from monitor.articles import prepare
 from monitor.config import FeedConfig, LogChannelConfig, WatchConfig
@@ -193,6 +195,29 @@ def test_sketches_survive_a_restart_and_seeding_twice_adds_nothing(db_url: str) 
     assert again.stories()["irna"] == again.stories()["seed:test.txt"]
     assert again.alerts() == []
     again.db.dispose()
+
+
+def test_a_stored_article_is_compared_without_shingling_its_text_again(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Articles are sketched in a parse worker and stored by the daemon: a later copy
+    compared with a stored article takes its shingles from the sketch the daemon stored,
+    not from its text read back, folded and shingled again."""
+    store = Store(db_url)
+    first, copy = (prepare(_entry(k, title, summary, f"https://{f}.ir/{k}"), f, MATCHER)
+                   for k, f, title, summary in (("1", "irna", TITLE, SUMMARY),
+                                                ("2", "isna", COPY_TITLE, COPY_SUMMARY)))
+    # As in the daemon's process, which did not sketch them: nothing remembered yet.
+    monkeypatch.setattr(stories, "_memo", stories._LeadMemo(stories.LEAD_MEMO_SIZE))
+    computed: list[str] = []
+    real = stories.shingles
+    monkeypatch.setattr(stories, "shingles", lambda text: computed.append(text) or real(text))
+    for feed, candidate in (("irna", first), ("isna", copy)):
+        with store.db.session() as s:
+            store_candidates(s, feed_id=store.feeds[feed], origin=feed, candidates=[candidate],
+                             channels_for=lambda _: ["c"], now=T0, rules=RULES)
+    assert store.stories()["isna"] == store.stories()["irna"]
+    assert computed == []
+    store.db.dispose()
 
 
 def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:

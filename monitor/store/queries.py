@@ -480,6 +480,8 @@ def _assign_stories(connection: Connection, new: Sequence[_NewArticle], now: dat
                      if story_id is not None
                      else _Story(None, baseline, article.candidate.entry.title))
         article.story = story
+        entry = article.candidate.entry
+        stories.remember_lead(entry.title, entry.summary, entry.content, sketch)
         batch_by_text.setdefault(article.candidate.fingerprint, story)
         for band in sketch.bands:
             batch_bands.setdefault(band, []).append(index)

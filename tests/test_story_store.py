@@ -257,6 +257,81 @@ def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
     store.db.dispose()
 
 
+def _alembic(db: Database, verb: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from monitor.store.database import _migrations_dir
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    with db.engine.connect() as connection:
+        cfg.attributes["connection"] = connection
+        getattr(command, verb)(cfg, revision)
+        connection.commit()
+
+
+def test_band_keys_stored_before_0108_are_kept_and_still_found(db_url: str) -> None:
+    """0108 copies article_bands into a table keyed by (baseline, band, article_id): every
+    row stored before it is kept, and copies of a baseline and of a recent article still
+    find theirs. Its downgrade gives the old keys back, rows and all."""
+    from sqlalchemy import inspect
+
+    db = Database(db_url)
+    for head in ("0105", "0106", "0107"):  # the schema before 0108
+        _alembic(db, "upgrade", head)
+    with db.session() as s:
+        sync_feeds(s, [FeedConfig(name=n, url=f"http://127.0.0.1/{n}")
+                       for n in ("irna", "isna", "mehr")], T0)
+        feeds = {f.name: f.id for f in s.scalars(select(Feed))}
+    for origin, entry in (("seed:old.txt", _entry("s", CLOSING_TITLE, CLOSING_SUMMARY)),
+                          ("irna", _entry("1", TITLE, SUMMARY, "https://irna.ir/n/1"))):
+        with db.session() as s:
+            store_candidates(s, feed_id=feeds.get(origin), origin=origin,
+                             candidates=[prepare(entry, origin, MATCHER)],
+                             channels_for=lambda _: ["c"], now=T0,
+                             baseline=origin.startswith("seed:"), rules=RULES)
+
+    def band_rows() -> set[tuple[int, int, bool]]:
+        with db.engine.connect() as connection:
+            return {(band, article, bool(baseline)) for band, article, baseline in
+                    connection.execute(text("SELECT band, article_id, baseline "
+                                            "FROM article_bands"))}
+
+    def keys() -> tuple[list[str], set[str]]:
+        with db.engine.connect() as connection:
+            table = inspect(connection)
+            return (table.get_pk_constraint("article_bands")["constrained_columns"],
+                    {ix["name"] for ix in table.get_indexes("article_bands")})
+
+    before = band_rows()
+    assert len(before) == 64 and sum(baseline for *_, baseline in before) == 32
+    assert keys() == (["band", "article_id"],
+                      {"ix_article_bands_baseline", "ix_article_bands_article_id"})
+    db.migrate()
+    assert band_rows() == before
+    assert keys() == (["baseline", "band", "article_id"], {"ix_article_bands_article_id"})
+    db.dispose()
+    store = Store(db_url)
+    store.add("isna", [_entry("a", COPY_TITLE, COPY_SUMMARY, "https://isna.ir/a")],
+              T0 + timedelta(minutes=3))
+    store.add("mehr", [_entry("m", "بیانیه پایانی نشست استانبول صادر شد", CLOSING_SUMMARY)],
+              T0 + timedelta(minutes=5))
+    found = store.stories()
+    assert found["isna"] == found["irna"] and found["mehr"] == found["seed:old.txt"]
+    store.db.dispose()
+    db = Database(db_url)
+    after = band_rows()
+    _alembic(db, "downgrade", "0107")  # undoes what depends on 0107: 0108
+    assert band_rows() == after
+    assert keys() == (["band", "article_id"],
+                      {"ix_article_bands_baseline", "ix_article_bands_article_id"})
+    with db.engine.connect() as connection:
+        assert {v for (v,) in connection.execute(text(
+            "SELECT version_num FROM alembic_version"))} == {"0105", "0106", "0107"}
+    db.dispose()
+
+
 def test_the_same_text_at_another_link_is_a_copy_in_the_same_story(db_url: str) -> None:
     store = Store(db_url)
     result = store.add("irna", [_entry("1", TITLE, SUMMARY, "https://irna.ir/n/1"),

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -129,22 +130,23 @@ class ArticleBand(Base):
     """One band key of an article's story sketch (`monitor.stories`): the index that finds
     the earlier articles a new one may retell without scanning them all.
 
-    The primary key (band, article_id) is the lookup index; a new article asks for the rows
-    of its band keys from the recent window (article ids grow with time) and, separately
-    through `ix_article_bands_baseline`, from the baseline, which never ages out.
+    The primary key (baseline, band, article_id) is the lookup index: a new article seeks
+    its band keys among the baseline's rows, which never age out, and among the others from
+    the recent window on (article ids grow with time). A new article's rows go into this one
+    B-tree by band key, at random pages, and the index by article id, at its end.
     """
 
     __tablename__ = "article_bands"
     # WITHOUT ROWID on SQLite: the rows live in the primary-key B-tree, stored once.
     # ix_article_bands_article_id: deleting an article (retention) cascades here; without
     # it each deleted article scans the whole table.
-    __table_args__ = (Index("ix_article_bands_baseline", "baseline", "band"),
+    __table_args__ = (PrimaryKeyConstraint("baseline", "band", "article_id"),
                       Index("ix_article_bands_article_id", "article_id"),
                       {"sqlite_with_rowid": False})
 
-    band: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    band: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     article_id: Mapped[int] = mapped_column(
-        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, autoincrement=False)
+        ForeignKey("articles.id", ondelete="CASCADE"), autoincrement=False)
     baseline: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

@@ -12,7 +12,18 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Connection, Update, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    bindparam,
+    false,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from monitor import metrics, stories
@@ -510,10 +521,11 @@ def _stories_by_text(connection: Connection, fingerprints: Sequence[str],
 # `article_id >= NULL` (nothing recent) selects nothing.
 _FIRST_RECENT = (select(_articles.c.id).where(_articles.c.fetched >= bindparam("since"))
                  .order_by(_articles.c.fetched).limit(1).scalar_subquery())
+# `=`, not `IS`: PostgreSQL seeks an index only on the former.
 _NEIGHBOURS = select(_bands.c.band, _bands.c.article_id).where(
-    _bands.c.baseline.is_(True), _bands.c.band.in_(bindparam("keys", expanding=True))
+    _bands.c.baseline == true(), _bands.c.band.in_(bindparam("keys", expanding=True))
 ).union_all(select(_bands.c.band, _bands.c.article_id).where(
-    _bands.c.band.in_(bindparam("keys", expanding=True)),
+    _bands.c.baseline == false(), _bands.c.band.in_(bindparam("keys", expanding=True)),
     _bands.c.article_id >= _FIRST_RECENT))
 
 
@@ -521,9 +533,9 @@ def _band_neighbours(connection: Connection, bands: Iterable[int], now: datetime
                      rules: StoryRules) -> dict[int, set[int]]:
     """Per band key, the ids of the articles worth comparing that share it.
 
-    Candidates come from the band-key index only: articles stored since the window opened
-    (ids grow with time, so the primary key (band, article_id) bounds the range) and
-    baseline articles; both lookups are index seeks, whatever the size of the table.
+    Candidates come from the primary key (baseline, band, article_id) only: baseline
+    articles, and the others stored since the window opened (ids grow with time, so the key
+    bounds the range); both lookups are index seeks, whatever the size of the table.
     """
     found: dict[int, set[int]] = {}
     for chunk in _chunks(sorted(set(bands))):
@@ -631,11 +643,11 @@ def _insert_articles(connection: Connection, feed_id: int | None, origin: str,
     savepoint.commit()
     for article in new:
         article.id = inserted[article.identity]
-    # In key order: each row goes into two B-trees by band key, and sorted rows land on
+    # In key order: the rows go into a B-tree by band key, and sorted rows land on
     # neighbouring pages instead of one random page each.
     bands = sorted(({"band": band, "article_id": a.id, "baseline": a.baseline}
                     for a in new for band in a.candidate.sketch.bands),
-                   key=lambda row: row["band"])
+                   key=lambda row: (row["baseline"], row["band"]))
     if bands:
         connection.execute(_INSERT_BANDS, bands)
     return []

@@ -49,6 +49,24 @@ def test_parse_entries_keys_and_dates() -> None:
 
 
 
+def test_markup_in_an_item_is_read_as_text_without_scripts_or_styles() -> None:
+    """feedparser's own HTML sanitizer is off (monitor keeps no markup: every field becomes
+    plain text, and is escaped wherever it lands), so the plain text must not carry what a
+    sanitizer would have dropped: a script's or a style's text, an event handler."""
+    description = ('<p onclick="steal()">نشست <a href="/news/1">سازمان همکاری اسلامی</a>'
+                   '</p><script>document.write("OIC")</script><style>p{color:red}</style>'
+                   '<iframe src="https://evil.example/"></iframe><img src="x.png" '
+                   'onerror="alert(1)">در جده')
+    body = rss([{"title": "<b>OIC</b> <script>x()</script>نشست", "link": "https://x.ir/1",
+                 "guid": "g1", "description": description}]).encode()
+    [entry] = parse_feed(body, {"content-type": "application/rss+xml"},
+                         "http://127.0.0.1/f").entries
+    assert entry.title == "OIC نشست"
+    assert entry.summary == "نشست سازمان همکاری اسلامی\nدر جده"
+    for dropped in ("OIC", "document", "color", "steal", "alert", "evil", "<", ">"):
+        assert dropped not in entry.summary
+
+
 def test_entries_with_known_keys_are_left_unread_where_their_key_says_so() -> None:
     """With `known` keys (and items not known by their bytes), an entry with a link whose key
     (its GUID, else its link) is known is left unread, and `read` makes the very entry

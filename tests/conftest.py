@@ -92,6 +92,22 @@ def smtp_server() -> Iterator[SmtpServer]:
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
+def alembic(db: Any, verb: str, revision: str) -> None:
+    """Alembic itself on `db` (a `Database`), as an older or newer monitor would leave it:
+    `verb` is "upgrade" or "downgrade"."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from monitor.store.database import _migrations_dir
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    with db.engine.connect() as connection:
+        cfg.attributes["connection"] = connection
+        getattr(command, verb)(cfg, revision)
+        connection.commit()
+
+
 def write_config(path: Path, db_url: str, **sections: Any) -> Path:
     """Write a config for a test; seed path points at the project's seed_data."""
     data: dict[str, Any] = {

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from monitor.store.database import SCHEMA_HEADS, Database, DatabaseError, _migrations_dir
-from tests.conftest import ROOT, write_config
+from monitor.store.database import SCHEMA_HEADS, Database, DatabaseError
+from tests.conftest import ROOT, alembic, write_config
 
 # `monitor run` in a process of its own, saying at exit what was ever imported. (pytest
 # brings pygments, which httpx's CLI imports first.)
@@ -23,19 +23,6 @@ RUN = ("import atexit, sys; "
        "atexit.register(lambda: print('alembic imported:', 'alembic' in sys.modules, "
        "'httpx CLI imported:', 'pygments' in sys.modules)); "
        "from monitor.cli import main; raise SystemExit(main(sys.argv[1:]))")
-
-
-def _upgrade_to(db: Database, revision: str) -> None:
-    """Alembic itself, as an older monitor left the database."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(_migrations_dir()))
-    with db.engine.connect() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
-        connection.commit()
 
 
 def _run_daemon_once(config: Path, log_path: Path) -> str:
@@ -77,9 +64,9 @@ def test_schema_heads_are_what_alembic_leaves(sqlite_url: str) -> None:
 def test_a_stale_schema_is_still_migrated(db_url: str) -> None:
     db = Database(db_url)
     assert not db.schema_is_current()  # an empty database
-    _upgrade_to(db, "0001")
+    alembic(db, "upgrade", "0001")
     assert not db.schema_is_current()
-    _upgrade_to(db, "0105")
+    alembic(db, "upgrade", "0105")
     assert not db.schema_is_current()  # one branch of several
     db.migrate()
     assert db.schema_is_current()
@@ -114,7 +101,7 @@ def test_run_keeps_alembic_out_of_the_daemon(tmp_path: Path) -> None:
 
     stale_url = f"sqlite:///{tmp_path / 'stale.db'}"
     stale = Database(stale_url)
-    _upgrade_to(stale, "0001")  # as an older monitor left it
+    alembic(stale, "upgrade", "0001")  # as an older monitor left it
     config = write_config(tmp_path / "stale.yaml", stale_url)
     assert "alembic imported: False" in _run_daemon_once(config, tmp_path / "stale.log")
     assert "Running upgrade 0001 -> 0104" in (tmp_path / "stale.log").read_text()

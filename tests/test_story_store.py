@@ -21,6 +21,7 @@ from monitor.store.models import Alert, Article, ArticleBand, Feed, FeedEntry, S
 from monitor.store.queries import StoreResult, store_candidates, story_sources, sync_feeds
 from monitor.stories import StoryRules
 from monitor.text.match import Matcher
+from tests.conftest import alembic
 
 MATCHER = Matcher([
     WatchConfig(name="oic", any=["سازمان همکاری اسلامی"], channels=["c"]),
@@ -223,19 +224,8 @@ def test_a_stored_article_is_compared_without_shingling_its_text_again(
 def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
     """A database from before story sketches: its baseline and recent articles get band
     keys when 0104 runs, so a copy of them is still recognised."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-    from sqlalchemy import text
-
-    from monitor.store.database import _migrations_dir
-
     db = Database(db_url)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(_migrations_dir()))
-    with db.engine.connect() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "0001")
-        connection.commit()
+    alembic(db, "upgrade", "0001")
     now = datetime.now(UTC)
     with db.engine.begin() as connection:
         story_id = connection.scalar(text(
@@ -257,20 +247,6 @@ def test_migration_sketches_articles_stored_before_it(db_url: str) -> None:
     store.db.dispose()
 
 
-def _alembic(db: Database, verb: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from monitor.store.database import _migrations_dir
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(_migrations_dir()))
-    with db.engine.connect() as connection:
-        cfg.attributes["connection"] = connection
-        getattr(command, verb)(cfg, revision)
-        connection.commit()
-
-
 def test_band_keys_stored_before_0108_are_kept_and_still_found(db_url: str) -> None:
     """0108 copies article_bands into a table keyed by (baseline, band, article_id): every
     row stored before it is kept, and copies of a baseline and of a recent article still
@@ -279,7 +255,7 @@ def test_band_keys_stored_before_0108_are_kept_and_still_found(db_url: str) -> N
 
     db = Database(db_url)
     for head in ("0105", "0106", "0107"):  # the schema before 0108
-        _alembic(db, "upgrade", head)
+        alembic(db, "upgrade", head)
     with db.session() as s:
         sync_feeds(s, [FeedConfig(name=n, url=f"http://127.0.0.1/{n}")
                        for n in ("irna", "isna", "mehr")], T0)
@@ -322,7 +298,7 @@ def test_band_keys_stored_before_0108_are_kept_and_still_found(db_url: str) -> N
     store.db.dispose()
     db = Database(db_url)
     after = band_rows()
-    _alembic(db, "downgrade", "0107")  # undoes what depends on 0107: 0108
+    alembic(db, "downgrade", "0107")  # undoes what depends on 0107: 0108
     assert band_rows() == after
     assert keys() == (["band", "article_id"],
                       {"ix_article_bands_baseline", "ix_article_bands_article_id"})

@@ -67,6 +67,32 @@ def test_markup_in_an_item_is_read_as_text_without_scripts_or_styles() -> None:
         assert dropped not in entry.summary
 
 
+def test_relative_links_resolve_against_each_documents_own_base() -> None:
+    """Links resolve against the feed's URL or its xml:base, and a base of an unsafe scheme
+    is not adopted. feedparser's answers about base URIs are kept between parses (they
+    were a twentieth of parsing), so documents with different bases are parsed in turns
+    and each must still get its own."""
+    def atom(base: str) -> bytes:
+        attribute = f' xml:base="{base}"' if base else ""
+        return (f'<feed xmlns="http://www.w3.org/2005/Atom"{attribute}><title>t</title>'
+                '<entry><id>e1</id><title>خبر</title><link href="news/1"/></entry>'
+                "</feed>").encode()
+
+    headers = {"content-type": "application/atom+xml"}
+    expected = [
+        ("http://127.0.0.1/a/feed.xml", "", "http://127.0.0.1/a/news/1"),
+        ("http://127.0.0.1/a/feed.xml", "http://b.ir/fa/", "http://b.ir/fa/news/1"),
+        ("http://127.0.0.1/c/feed.xml", "", "http://127.0.0.1/c/news/1"),
+        ("http://127.0.0.1/a/feed.xml", "javascript:alert(1)//", "http://127.0.0.1/a/news/1"),
+        ("http://127.0.0.1/a/feed.xml", "/d/", "http://127.0.0.1/d/news/1"),
+        ("http://127.0.0.2/c/feed.xml", "/d/", "http://127.0.0.2/d/news/1"),
+    ]
+    for _round in range(2):
+        for url, base, link in expected:
+            [entry] = parse_feed(atom(base), headers, url).entries
+            assert entry.link == link, (url, base)
+
+
 def test_entries_with_known_keys_are_left_unread_where_their_key_says_so() -> None:
     """With `known` keys (and items not known by their bytes), an entry with a link whose key
     (its GUID, else its link) is known is left unread, and `read` makes the very entry

@@ -29,7 +29,7 @@ from monitor.parse import (
     entries_by_key,
 )
 from monitor.parse_workers import ParseFailed, ParseWorkers, WatchList
-from monitor.store.database import Database
+from monitor.store.database import Database, Priority
 from monitor.store.queries import (
     FeedState,
     Release,
@@ -329,8 +329,8 @@ class Refresher:
             [e.published for e in parsed.entries if e.published], now)
         whole = functools.cache(
             functools.partial(entries_by_key, fetched.body, fetched.headers, fetched.url))
-        with self.db.session() as session:
-            result = store_candidates(session, feed_id=feed.id, origin=feed.name,
+        with self.db.transaction(Priority.NORMAL) as connection:
+            result = store_candidates(connection, feed_id=feed.id, origin=feed.name,
                                       candidates=candidates, channels_for=self.channels_for,
                                       now=now, rules=self.rules,
                                       prepare=functools.partial(self._prepare, feed,
@@ -339,7 +339,7 @@ class Refresher:
                                             body_hash=fetched.body_hash)
             if parsed.problem:  # entries were kept; the problem is still worth showing
                 changes["last_error"] = f"malformed: {parsed.problem}"
-            release_feed(session, feed.id, self.owner, **changes)
+            release_feed(connection, feed.id, self.owner, **changes)
         # Committed: every entry of the document is now carried (old, or recorded just now).
         self._known[feed.id] = KnownItems.of(parsed)
         return result

@@ -172,11 +172,12 @@ class Database:
             yield session
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A Core connection in a transaction that commits on success: for a routine write of
-        a statement or two (a feed's release after a 304), where a Session's unit of work is
-        overhead paid per feed. On SQLite it lets waiting sessions write first."""
-        with self._turn(Priority.ROUTINE), self.engine.begin() as connection:
+    def transaction(self, priority: Priority = Priority.ROUTINE) -> Iterator[Connection]:
+        """A Core connection in a transaction that commits on success: for the writes made
+        at every refresh (a feed's release after a 304, a changed feed's store), which run
+        Core statements only, so a Session's unit of work would be overhead paid per feed.
+        By default a routine write: on SQLite it lets waiting sessions write first."""
+        with self._turn(priority), self.engine.begin() as connection:
             yield connection
 
     def migrate(self, in_child: bool = False) -> None:

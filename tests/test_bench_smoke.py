@@ -80,6 +80,8 @@ def test_quick_bench_run_writes_results(tmp_path: Path) -> None:
     items_s = cold["monitor items/s (pipeline: fetch → deliver)"]
     assert items_s["median"] > 0 and len(items_s["runs"]) == 1
     assert "30 items" in benches["cold_ingest"]["notes"][0]  # 6 feeds × 5, all stored
+    assert cold["of which startup (imports, migration, baseline)"]["median"] > 0
+    assert cold["floor: feedparser alone on the same documents, one process"]["median"] > 0
 
     latency = {f["name"]: f["median"] for f in benches["latency"]["figures"]}
     assert 0 < latency["poll → alert p50 (feed served to webhook received)"] <= \
@@ -89,3 +91,26 @@ def test_quick_bench_run_writes_results(tmp_path: Path) -> None:
     markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "| Cold ingest |" in markdown and "| Alert latency |" in markdown
     assert results["machine"]["cores"] >= 1
+
+
+def test_the_floors_poll_and_parse_the_same_feeds_without_monitor(tmp_path: Path) -> None:
+    """The floor process's clients (httpx on aiohttp, aiohttp alone) each keep their own
+    validators, so after a publish both see exactly the feeds that changed, as monitor and
+    rss2email do; feedparser alone reads every entry of every feed."""
+    shared_testdata("fars-news")
+    from benchmarks.loopback import LoopbackServer
+    from benchmarks.pipeline import floors_process
+
+    with LoopbackServer(feeds=3, items=4) as server, \
+            floors_process(server.feed_urls(), tmp_path) as floors:
+        first = floors.call("requests")
+        assert first["httpx"]["statuses"] == first["aiohttp"]["statuses"] == {"200": 3}
+        again = floors.call("requests")
+        assert again["httpx"]["statuses"] == again["aiohttp"]["statuses"] == {"304": 3}
+        assert len(server.publish(0.34, seed=5)) == 1
+        after = floors.call("requests")
+        assert after["httpx"]["statuses"] == after["aiohttp"]["statuses"] == \
+            {"200": 1, "304": 2}
+        assert all(after[c]["wall"] > 0 for c in ("httpx", "aiohttp"))
+        parsed = floors.call("parse")
+        assert parsed["entries"] == 3 * 4 and parsed["wall"] > 0

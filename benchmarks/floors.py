@@ -1,9 +1,10 @@
 """The floors under monitor's figures: what the mandated libraries cost on their own, on the
 benchmark's own feeds, in the same run as monitor and rss2email.
 
-No monitor code runs here. A ratio against rss2email can be no better than rss2email's wall
-over the wall of the work that any tool on this stack must do anyway, so these figures tell
-how much of a target is left for monitor's own work at all.
+None of monitor's pipeline runs here (only its default `fetch.concurrency` is read). A ratio
+against rss2email can be no better than rss2email's wall over the wall of the work that any
+tool on this stack must do anyway, so these figures tell how much of a target is left for
+monitor's own work at all.
 
 The runner starts `python -m benchmarks.floors URLS.json` (a JSON list of feed URLs) and
 drives it like `benchmarks.worker`, one JSON command per line on stdin, one JSON answer per
@@ -35,6 +36,7 @@ import feedparser
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from benchmarks.worker import answer_commands, reply
 from monitor.config import FetchConfig
 
 # (ETag, Last-Modified) per URL, as a client keeps them between rounds.
@@ -118,29 +120,10 @@ class Floors:
 async def serve(urls: list[str]) -> None:
     floors = Floors(urls)
     reply({"ready": True})
-    loop = asyncio.get_running_loop()
     try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            command = json.loads(line)["do"]
-            if command == "requests":
-                reply(await floors.requests())
-            elif command == "parse":
-                reply(await floors.parse())
-            elif command == "quit":
-                reply({"bye": True})
-                return
-            else:
-                reply({"error": f"unknown command {command!r}"})
+        await answer_commands({"requests": floors.requests, "parse": floors.parse})
     finally:
         await floors.close()
-
-
-def reply(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import asyncio  # noqa: E402  (timing the imports is the point)
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Awaitable, Callable, Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -169,26 +170,35 @@ class Worker:
         }
 
 
+async def answer_commands(commands: Mapping[str, Callable[[], Awaitable[dict[str, Any]]]]
+                          ) -> None:
+    """Answer each JSON command on stdin (`{"do": NAME}`) with one JSON line on stdout, until
+    "quit" or the end of stdin: how the runner drives this module and `benchmarks.floors`."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        command = json.loads(line)["do"]
+        if command == "quit":
+            reply({"bye": True})
+            return
+        if command in commands:
+            reply(await commands[command]())
+        else:
+            reply({"error": f"unknown command {command!r}"})
+
+
 async def serve(config_path: str) -> None:
     worker = Worker(config_path)
     worker.prepare()
     reply({"ready": True, "startup": time.perf_counter() - STARTED, **process_rss()})
-    loop = asyncio.get_running_loop()
+
+    async def memory() -> dict[str, Any]:
+        return process_rss()
+
     try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            command = json.loads(line)["do"]
-            if command == "cycle":
-                reply(await worker.cycle())
-            elif command == "memory":
-                reply(process_rss())
-            elif command == "quit":
-                reply({"bye": True})
-                return
-            else:
-                reply({"error": f"unknown command {command!r}"})
+        await answer_commands({"cycle": worker.cycle, "memory": memory})
     finally:
         await worker.monitor.close()
 

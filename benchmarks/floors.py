@@ -1,16 +1,15 @@
 """The floors under monitor's figures: what the mandated libraries cost on their own, on the
 benchmark's own feeds, in the same run as monitor and rss2email.
 
-None of monitor's pipeline runs here (only its default `fetch.concurrency` is read). A ratio
-against rss2email can be no better than rss2email's wall over the wall of the work that any
-tool on this stack must do anyway, so these figures tell how much of a target is left for
-monitor's own work at all.
+No monitor code runs here. A ratio against rss2email can be no better than rss2email's wall
+over the wall of the work that any tool on this stack must do anyway, so these figures tell
+how much of a target is left for monitor's own work at all.
 
-The runner starts `python -m benchmarks.floors URLS.json` (a JSON list of feed URLs) and
-drives it like `benchmarks.worker`, one JSON command per line on stdin, one JSON answer per
-line on stdout:
+The runner starts `python -m benchmarks.floors FEEDS.json` (`{"urls": [...], "concurrency":
+N}`: the feed URLs, and monitor's `fetch.concurrency`) and drives it like `benchmarks.worker`,
+one JSON command per line on stdin, one JSON answer per line on stdout:
 
-  {"do": "requests"}  one conditional GET of every feed, `fetch.concurrency` at a time, each
+  {"do": "requests"}  one conditional GET of every feed, `concurrency` at a time, each
                       body read: first with httpx on the aiohttp engine (`httpx_aiohttp`, the
                       client monitor's fetcher is), then with aiohttp alone. Each client
                       keeps the validators of its own last round, so after the feed server
@@ -37,7 +36,6 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from benchmarks.worker import answer_commands, reply
-from monitor.config import FetchConfig
 
 # (ETag, Last-Modified) per URL, as a client keeps them between rounds.
 Validators = dict[str, tuple[str | None, str | None]]
@@ -75,9 +73,9 @@ async def poll_all(urls: list[str], kept: Validators, get: Get, concurrency: int
 class Floors:
     """The two clients, open from the first round to the last, as monitor's is."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], concurrency: int) -> None:
         self.urls = urls
-        self.concurrency = FetchConfig().concurrency
+        self.concurrency = concurrency
         self.kept: dict[str, Validators] = {"httpx": {}, "aiohttp": {}}
         self.httpx = httpx.AsyncClient(transport=AiohttpTransport())
         self.aiohttp = aiohttp.ClientSession(
@@ -117,8 +115,8 @@ class Floors:
                 "entries": entries}
 
 
-async def serve(urls: list[str]) -> None:
-    floors = Floors(urls)
+async def serve(urls: list[str], concurrency: int) -> None:
+    floors = Floors(urls, concurrency)
     reply({"ready": True})
     try:
         await answer_commands({"requests": floors.requests, "parse": floors.parse})
@@ -128,7 +126,8 @@ async def serve(urls: list[str]) -> None:
 
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as listing:
-        asyncio.run(serve(json.load(listing)))
+        feeds = json.load(listing)
+    asyncio.run(serve(feeds["urls"], feeds["concurrency"]))
 
 
 if __name__ == "__main__":

@@ -129,9 +129,13 @@ class WorkerProcess:
 
 
 def floors_process(urls: list[str], workdir: Path) -> WorkerProcess:
-    """`benchmarks.floors` on these feeds: the mandated libraries alone, no monitor code."""
-    listing = workdir / "floor-urls.json"
-    listing.write_text(json.dumps(urls), encoding="utf-8")
+    """`benchmarks.floors` on these feeds: the mandated libraries alone, no monitor code,
+    as many requests in flight as monitor's default."""
+    from monitor.config import FetchConfig
+
+    listing = workdir / "floor-feeds.json"
+    listing.write_text(json.dumps({"urls": urls, "concurrency": FetchConfig().concurrency}),
+                       encoding="utf-8")
     return WorkerProcess(listing, module="benchmarks.floors")
 
 
